@@ -1,0 +1,36 @@
+"""Stored images: one function per query in sql/images.sql."""
+
+from __future__ import annotations
+
+import hashlib
+from uuid import UUID
+
+import asyncpg
+
+from app.sql import queries
+
+
+async def store(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    job_id: UUID,
+    worker_id: str,
+    attempt: int,
+    index: int,
+    png: bytes,
+) -> bool:
+    """Store one image if the worker still owns this attempt of the job; say whether it did."""
+    digest = hashlib.sha256(png).hexdigest()
+    return await conn.fetchval(queries.image_store, job_id, worker_id, attempt, index, png, digest)
+
+
+async def stored_indexes(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> set[int]:
+    return {row["idx"] for row in await conn.fetch(queries.image_indexes, job_id)}
+
+
+async def get(
+    conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID, index: int
+) -> tuple[bytes, str] | None:
+    """The PNG and its sha256, or None."""
+    row = await conn.fetchrow(queries.image_get, job_id, index)
+    return None if row is None else (row["png"], row["sha256"])

@@ -1,0 +1,37 @@
+"""Jobs as the API sees them: create, get, list. One function per query in sql/jobs.sql."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from app.models import Job, JobStatus
+from app.sql import queries
+
+
+async def create(
+    conn: asyncpg.Connection | asyncpg.Pool, *, num_images: int, animal: str, max_attempts: int
+) -> Job:
+    return Job.from_record(await conn.fetchrow(queries.job_insert, num_images, animal, max_attempts))
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> Job | None:
+    row = await conn.fetchrow(queries.job_get, job_id)
+    return None if row is None else Job.from_record(row)
+
+
+async def list_page(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    status: JobStatus | None,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[Job]:
+    """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
+    created_at, job_id = after or (None, None)
+    rows = await conn.fetch(
+        queries.job_list, status.value if status else None, created_at, job_id, limit
+    )
+    return [Job.from_record(row) for row in rows]

