@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +22,10 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> Job |
     return None if row is None else Job.from_record(row)
 
 
+FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=2**128 - 1))
+"""A cursor after every job: where the first page starts."""
+
+
 async def list_page(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
@@ -30,8 +34,9 @@ async def list_page(
     limit: int,
 ) -> list[Job]:
     """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
-    created_at, job_id = after or (None, None)
-    rows = await conn.fetch(
-        queries.job_list, status.value if status else None, created_at, job_id, limit
-    )
+    created_at, job_id = after or FIRST_PAGE
+    if status is None:
+        rows = await conn.fetch(queries.job_list, created_at, job_id, limit)
+    else:
+        rows = await conn.fetch(queries.job_list_by_status, status.value, created_at, job_id, limit)
     return [Job.from_record(row) for row in rows]

@@ -42,7 +42,7 @@ SET status = 'processing',
 FROM (
     SELECT id
     FROM jobs
-    WHERE status = 'pending' AND run_at <= clock_timestamp()
+    WHERE status = 'pending' AND run_at <= now()
     ORDER BY run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -1,0 +1,282 @@
+"""The queue against real PostgreSQL: wake-ups, exclusivity, failures, ownership, the plan."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from app import generation, images, queue
+from app.db import JOBS_CHANNEL
+from app.models import Job
+from app.providers import ProviderError
+from app.providers.local import LocalProvider
+from app.sql import queries
+from app.worker import Worker
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+async def insert_jobs(pool: asyncpg.Pool, count: int, *, num_images: int = 1) -> list[UUID]:
+    """Insert `count` pending jobs in one statement (one NOTIFY)."""
+    rows = await pool.fetch(
+        "INSERT INTO jobs (num_images, animal) SELECT $2, 'cat' FROM generate_series(1, $1) "
+        "RETURNING id",
+        count,
+        num_images,
+    )
+    return [row["id"] for row in rows]
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}
+
+
+class CountingHandler:
+    """Records how often it ran per job, and the most that ran at once."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.runs: collections.Counter[UUID] = collections.Counter()
+        self.active = 0
+        self.most_active = 0
+        self._pause = pause
+
+    async def __call__(self, job: Job) -> None:
+        self.runs[job.id] += 1
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(self._pause)
+        finally:
+            self.active -= 1
+
+
+class FailingProvider:
+    async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
+        raise ProviderError("the model is on fire")
+
+
+@pytest.fixture
+async def start_worker(database_url: str) -> AsyncIterator[StartWorker]:
+    """Start in-process workers, each with its own pool and LISTEN connection; all are
+    stopped and awaited when the test ends."""
+    running: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
+
+    async def start(handler: queue.Handler, *, concurrency: int = 4, poll_interval: float = 3600) -> Worker:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 2)
+        worker = Worker(
+            pool=pool,
+            listen_url=database_url,
+            handler=handler,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease_seconds=30,
+        )
+        task = asyncio.create_task(worker.run())
+        running.append((worker, task, pool))
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        return worker
+
+    yield start
+    for worker, task, pool in running:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+
+
+async def test_notify_wakes_an_idle_worker_without_any_sweep(pool, start_worker):
+    """With the safety sweep an hour away, a job inserted after the worker went idle is still
+    claimed at once: only the NOTIFY can have woken it."""
+    handler = CountingHandler()
+    await start_worker(handler, poll_interval=3600)
+    await asyncio.sleep(0.2)  # let the start-up sweep find the queue empty and go idle
+    [job_id] = await insert_jobs(pool, 1)
+    await wait_for(lambda: _completed(pool, 1), timeout=5)
+    assert handler.runs == {job_id: 1}
+    pickup = await pool.fetchval("SELECT started_at - created_at FROM jobs WHERE id = $1", job_id)
+    assert pickup.total_seconds() < 5
+
+
+async def _completed(pool: asyncpg.Pool, count: int) -> bool:
+    return (await status_counts(pool)).get("completed", 0) == count
+
+
+async def test_jobs_queued_before_the_worker_started_are_found_by_its_start_up_sweep(
+    pool, start_worker
+):
+    """Jobs inserted while no worker listened are claimed when a worker starts."""
+    ids = await insert_jobs(pool, 3)
+    handler = CountingHandler()
+    await start_worker(handler)
+    await wait_for(lambda: _completed(pool, 3))
+    assert set(handler.runs) == set(ids)
+
+
+async def test_two_workers_process_500_jobs_each_exactly_once(pool, start_worker):
+    """Two workers racing over 500 jobs complete every one, and no handler runs twice for a job."""
+    handler = CountingHandler(pause=0.001)
+    await start_worker(handler, concurrency=8)
+    await start_worker(handler, concurrency=8)
+    ids = await insert_jobs(pool, 500)
+    await wait_for(lambda: _completed(pool, 500), timeout=60)
+    assert set(handler.runs) == set(ids)
+    assert max(handler.runs.values()) == 1
+    assert await status_counts(pool) == {"completed": 500}
+    workers = await pool.fetchval("SELECT count(DISTINCT worker_id) FROM jobs")
+    assert workers == 2, "both workers should have taken a share"
+
+
+async def test_a_worker_runs_at_most_its_concurrency_at_once(pool, start_worker):
+    """A worker with concurrency 3 runs three jobs side by side, never four."""
+    handler = CountingHandler(pause=0.05)
+    await start_worker(handler, concurrency=3)
+    await insert_jobs(pool, 12)
+    await wait_for(lambda: _completed(pool, 12))
+    assert handler.most_active == 3
+
+
+async def test_a_provider_error_fails_the_job_with_its_message(pool, start_worker):
+    """When the provider raises, the job ends `failed` with a readable error and no images."""
+    await start_worker(generation.handler(pool, FailingProvider()))
+    [job_id] = await insert_jobs(pool, 1, num_images=2)
+    await wait_for(lambda: _has_status(pool, job_id, "failed"))
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    assert "the model is on fire" in row["error"]
+    assert row["finished_at"] is not None and row["lease_expires_at"] is None
+    assert await pool.fetchval("SELECT count(*) FROM images WHERE job_id = $1", job_id) == 0
+
+
+async def test_a_crashing_handler_fails_the_job_instead_of_leaving_it_processing(
+    pool, start_worker
+):
+    """An unexpected exception in the handler fails the job with the exception named."""
+
+    async def crash(job: Job) -> None:
+        raise RuntimeError("boom")
+
+    await start_worker(crash)
+    [job_id] = await insert_jobs(pool, 1)
+    await wait_for(lambda: _has_status(pool, job_id, "failed"))
+    error = await pool.fetchval("SELECT error FROM jobs WHERE id = $1", job_id)
+    assert "RuntimeError" in error and "boom" in error
+
+
+async def _has_status(pool: asyncpg.Pool, job_id: UUID, status: str) -> bool:
+    return await pool.fetchval("SELECT status FROM jobs WHERE id = $1", job_id) == status
+
+
+async def test_the_generation_handler_stores_every_image_then_completes(pool, start_worker):
+    """A real generation stores exactly numImages distinct PNGs and completes the job."""
+    await start_worker(generation.handler(pool, LocalProvider(delay=0, size=64)))
+    [job_id] = await insert_jobs(pool, 1, num_images=4)
+    await wait_for(lambda: _has_status(pool, job_id, "completed"))
+    rows = await pool.fetch("SELECT idx, sha256 FROM images WHERE job_id = $1 ORDER BY idx", job_id)
+    assert [row["idx"] for row in rows] == [0, 1, 2, 3]
+    assert len({row["sha256"] for row in rows}) == 4
+
+
+async def test_claim_takes_the_oldest_due_jobs_and_skips_future_ones(pool):
+    """Claiming returns due jobs oldest first, marks them processing for the claimer, and
+    leaves jobs scheduled for later alone."""
+    await pool.execute(
+        "INSERT INTO jobs (num_images, animal, run_at) VALUES "
+        "(1, 'old', now() - interval '2 minutes'), (1, 'new', now() - interval '1 minute'), "
+        "(1, 'later', now() + interval '1 hour')"
+    )
+    first = await queue.claim(pool, worker_id="w1", limit=1, lease_seconds=30)
+    rest = await queue.claim(pool, worker_id="w1", limit=10, lease_seconds=30)
+    assert [job.animal for job in first] == ["old"]
+    assert [job.animal for job in rest] == ["new"]
+    assert first[0].status == "processing" and first[0].attempts == 1
+    assert first[0].worker_id == "w1" and first[0].lease_expires_at is not None
+
+
+async def test_a_worker_that_lost_its_job_can_write_nothing(pool):
+    """Once another attempt owns the job, the old owner can neither store an image nor
+    complete nor fail it."""
+    [job_id] = await insert_jobs(pool, 1)
+    [job] = await queue.claim(pool, worker_id="w1", limit=1, lease_seconds=30)
+    await pool.execute(
+        "UPDATE jobs SET worker_id = 'w2', attempts = attempts + 1 WHERE id = $1", job_id
+    )
+    old = {"job_id": job_id, "worker_id": "w1", "attempt": job.attempts}
+    assert not await images.store(pool, index=0, png=b"png", **old)
+    assert not await queue.complete(pool, **old)
+    assert not await queue.fail(pool, error="late", **old)
+    row = await pool.fetchrow("SELECT status, error FROM jobs WHERE id = $1", job_id)
+    assert (row["status"], row["error"]) == ("processing", None)
+    assert await pool.fetchval("SELECT count(*) FROM images") == 0
+
+
+async def test_a_bulk_insert_costs_one_notification(database_url, pool):
+    """The trigger is per statement: inserting 100 jobs at once sends one NOTIFY."""
+    received: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener(JOBS_CHANNEL, lambda *args: received.append(args[-1]))
+        await insert_jobs(pool, 100)
+        await insert_jobs(pool, 1)
+        await asyncio.sleep(0.3)
+    finally:
+        await listener.close()
+    assert len(received) == 2
+
+
+async def test_the_claim_uses_the_partial_index_with_100k_finished_jobs(pool):
+    """With 100,000 completed jobs and a few pending, the claim's plan reads the partial index
+    of pending jobs, never the whole table."""
+    await pool.execute(
+        "INSERT INTO jobs (num_images, animal, status, finished_at) "
+        "SELECT 1, 'cat', 'completed', now() FROM generate_series(1, 100000)"
+    )
+    await insert_jobs(pool, 5)
+    await pool.execute("VACUUM ANALYZE jobs")
+    async with pool.acquire() as conn:
+        plan = json.loads(
+            await conn.fetchval("EXPLAIN (FORMAT JSON) " + queries.job_claim, "w1", 4, 30.0)
+        )
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    scans = {(node["Node Type"], node.get("Index Name")) for node in nodes if "Relation Name" in node}
+    assert ("Index Scan", "jobs_pending_idx") in scans
+    assert not any(node_type == "Seq Scan" for node_type, _ in scans)
+
+
+def _plan_nodes(node: dict) -> collections.abc.Iterator[dict]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def test_the_listener_reconnects_and_sweeps_after_its_connection_is_killed(
+    pool, start_worker
+):
+    """When PostgreSQL kills the LISTEN connection, the worker reconnects by itself and keeps
+    picking up new jobs."""
+    handler = CountingHandler()
+    worker = await start_worker(handler)
+    await pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    await wait_for(lambda: _reconnected(worker))
+    await insert_jobs(pool, 2)
+    await wait_for(lambda: _completed(pool, 2))
+    assert sum(handler.runs.values()) == 2
+
+
+async def _reconnected(worker: Worker) -> bool:
+    return worker.listener.reconnects >= 1 and worker.listener.connected.is_set()
