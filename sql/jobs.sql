@@ -17,13 +17,23 @@ FROM jobs j
 WHERE j.id = $1;
 
 -- name: job_list
--- A page of jobs, newest first, after the keyset cursor (created_at, id) when one is given.
--- $1 status or NULL for all, $2 cursor created_at or NULL, $3 cursor id or NULL, $4 limit
+-- A page of jobs, newest first, strictly after the keyset cursor (created_at, id).
+-- The first page passes a cursor after every job (the largest timestamp and uuid).
+-- $1 cursor created_at, $2 cursor id, $3 limit
 SELECT j.*,
        ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes
 FROM jobs j
-WHERE ($1::text IS NULL OR j.status = $1::text)
-  AND ($2::timestamptz IS NULL OR (j.created_at, j.id) < ($2::timestamptz, $3::uuid))
+WHERE (j.created_at, j.id) < ($1, $2)
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $3;
+
+-- name: job_list_by_status
+-- Like job_list, only jobs in status $1.
+-- $1 status, $2 cursor created_at, $3 cursor id, $4 limit
+SELECT j.*,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes
+FROM jobs j
+WHERE j.status = $1 AND (j.created_at, j.id) < ($2, $3)
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $4;
 

@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -141,19 +142,22 @@ def wait_for_http(url: str, *, process: subprocess.Popen[bytes], timeout: float 
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[object]:
-    """Start project processes (`server.py`, `worker.py`) with the given settings; all are
-    stopped (SIGTERM, then SIGKILL) when the test ends. They run in an empty folder, so no
-    developer's `.env` or menagerie variables leak in."""
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start project processes (`spawn("server.py", env={...})`, `spawn("-m", "app", "run")`);
+    all are stopped (SIGTERM, then SIGKILL) when the test ends. Request it after any database
+    fixture the processes use, so they stop before their database is dropped. They run in an empty folder,
+    so no developer's `.env` or menagerie variables leak in."""
     started: list[subprocess.Popen[bytes]] = []
     ours = {name.upper() for name in Settings.model_fields}
     inherited = {key: value for key, value in os.environ.items() if key not in ours}
 
-    def start(script: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+        argv = [str(ROOT / arg) if arg.endswith(".py") else arg for arg in args]
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / script)],
+            [sys.executable, *argv],
             cwd=tmp_path,
             env={**inherited, "PYTHONUNBUFFERED": "1", **env},
+            **popen,
         )
         started.append(process)
         return process

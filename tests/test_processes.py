@@ -1,0 +1,128 @@
+"""The real processes: server.py, worker.py and `python -m app`, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import free_port
+
+READY_TIMEOUT = 30
+
+
+async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+        for _ in range(READY_TIMEOUT * 10):
+            assert process.poll() is None, f"exited with {process.returncode} before it was ready"
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} was not ready within {READY_TIMEOUT}s")
+
+
+async def wait_until_terminal(http: httpx.AsyncClient, location: str, timeout: float = 30) -> dict:
+    for _ in range(int(timeout * 20)):
+        job = (await http.get(location)).json()
+        if job["status"] in {"completed", "failed", "canceled"}:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {location} still {job['status']} after {timeout}s")
+
+
+def assert_distinct_pngs(blobs: list[bytes], size: int) -> None:
+    for blob in blobs:
+        image = Image.open(io.BytesIO(blob))
+        image.verify()
+        assert (image.format, image.size) == ("PNG", (size, size))
+    assert len(set(blobs)) == len(blobs)
+
+
+async def test_server_and_worker_on_a_fresh_database_complete_a_job_over_http(
+    empty_database_url, spawn
+):
+    """Started together on an empty database (both migrate, under yoyo's lock), the server
+    takes a job over HTTP, the worker completes it, and its URLs serve distinct valid PNGs."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"DATABASE_URL": empty_database_url, "PORT": str(port), "IMAGE_PROVIDER_DELAY": "0",
+           "IMAGE_SIZE": "128", "WORKER_POLL_INTERVAL": "3600"}
+    server = spawn("server.py", env=env)
+    spawn("worker.py", env=env)
+    await wait_ready(base, server)
+    async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        created = await http.post("/generations", json={"numImages": 3})
+        assert created.status_code == 202
+        job = await wait_until_terminal(http, created.headers["location"])
+        assert job["status"] == "completed"
+        assert len(job["imageUrls"]) == 3
+        assert all(url.startswith(f"{base}/images/") for url in job["imageUrls"])
+        downloads = [await http.get(url) for url in job["imageUrls"]]
+    assert {response.headers["content-type"] for response in downloads} == {"image/png"}
+    assert_distinct_pngs([response.content for response in downloads], 128)
+
+
+@pytest.mark.parametrize("script", ["server.py", "worker.py"])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MAX_IMAGES_PER_JOB", "lots"), ("WORKER_CONCURRENCY", "0"), ("DATABASE_URL", "mysql://x/y")],
+)
+def test_a_bad_setting_stops_the_process_with_one_line_naming_it(spawn, script, variable, value):
+    """A bad value stops either process at start, exit code 2, with one line naming the variable."""
+    process = spawn(script, env={variable: value}, stderr=subprocess.PIPE)
+    _, stderr = process.communicate(timeout=30)
+    lines = stderr.decode().strip().splitlines()
+    assert process.returncode == 2
+    assert len(lines) == 1 and variable in lines[0], lines
+
+
+async def test_migrate_command_applies_then_reports_up_to_date(empty_database_url, spawn):
+    """`python -m app migrate` creates the schema on an empty database, and a second run
+    changes nothing."""
+    env = {"DATABASE_URL": empty_database_url}
+    outputs = []
+    for _ in range(2):
+        process = spawn("-m", "app", "migrate", env=env, stdout=subprocess.PIPE)
+        stdout, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        outputs.append(stdout.decode())
+    assert "applied" in outputs[0] and "up to date" in outputs[1]
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        tables = {row["tablename"] for row in await conn.fetch("SELECT tablename FROM pg_tables")}
+    finally:
+        await conn.close()
+    assert {"jobs", "images"} <= tables
+
+
+async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ctrl_c(
+    spawn, tmp_path
+):
+    """With DATABASE_URL unset, `python -m app run` starts an embedded PostgreSQL under
+    DATA_DIR, serves jobs end to end, and on Ctrl-C exits 0 with that PostgreSQL stopped."""
+    port = free_port()
+    data_dir = tmp_path / "data"
+    env = {"DATA_DIR": str(data_dir), "PORT": str(port), "IMAGE_PROVIDER_DELAY": "0",
+           "IMAGE_SIZE": "64"}
+    runner = spawn("-m", "app", "run", env=env)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, runner)
+    async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        created = await http.post("/generations", json={"numImages": 2, "animal": "owl"})
+        job = await wait_until_terminal(http, created.headers["location"])
+    assert job["status"] == "completed" and len(job["imageUrls"]) == 2
+    postmaster = Path(data_dir / "postgres" / "postmaster.pid")
+    assert postmaster.exists()
+    runner.send_signal(signal.SIGINT)
+    assert runner.wait(30) == 0
+    assert not postmaster.exists(), "the embedded PostgreSQL is still running"
