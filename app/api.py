@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypedDict
 from uuid import UUID
@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from app import db, images, jobs
 from app.animals import ANIMALS
@@ -113,7 +113,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
             raise Problem(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}", type="/problems/invalid-json") from exc
     if not isinstance(data, dict):
         raise Problem(400, "the body must be a JSON object", type="/problems/invalid-json")
@@ -158,8 +158,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
-        return moment, UUID(job_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        return moment.astimezone(UTC), UUID(job_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise Problem(
             422,
             "cursor: not a cursor this service issued",
@@ -269,12 +269,24 @@ async def on_problem(request: Request, exc: Exception) -> Response:
     return problem_response(exc)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own 405 names only one route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = {404: "no such resource", 405: f"{request.method} is not allowed here"}.get(
         exc.status_code, str(exc.detail)
     )
-    return problem_response(Problem(exc.status_code, detail, headers=exc.headers))
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
+    return problem_response(Problem(exc.status_code, detail, headers=headers))
 
 
 async def on_database_unavailable(request: Request, exc: Exception) -> Response:
