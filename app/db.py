@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import asyncpg
 
@@ -14,7 +15,9 @@ from app.sql import queries
 log = logging.getLogger(__name__)
 
 JOBS_CHANNEL = "menagerie_jobs"
-"""NOTIFYed (empty payload) by the AFTER INSERT trigger on jobs."""
+"""NOTIFYed (empty payload) when jobs are inserted or become pending again."""
+CANCEL_CHANNEL = "menagerie_cancel"
+"""NOTIFYed with a job id when a processing job is canceled."""
 
 
 class DatabaseUnavailable(Exception):
@@ -33,10 +36,37 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 """Errors that mean PostgreSQL is unreachable or going away, not that a query is wrong."""
 
 
+T = TypeVar("T")
+
+
 async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
+    """A pool that opens connections on demand, so it can be created while PostgreSQL is down;
+    connections that die are replaced at their next use."""
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=size, command_timeout=30, max_inactive_connection_lifetime=300
+        url,
+        min_size=0,
+        max_size=size,
+        timeout=5,
+        command_timeout=30,
+        max_inactive_connection_lifetime=300,
     )
+
+
+async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float) -> T:
+    """Run `operation`, retrying with backoff and jitter while PostgreSQL is unavailable, for
+    up to `deadline` seconds; then the last error propagates."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except UNAVAILABLE_ERRORS:
+            failures += 1
+            delay = min(2.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
+            if loop.time() + delay > give_up:
+                raise
+            await asyncio.sleep(delay)
 
 
 async def schema_is_migrated(conn: asyncpg.Connection, *, migration_ids: list[str]) -> bool:
@@ -48,34 +78,31 @@ async def schema_is_migrated(conn: asyncpg.Connection, *, migration_ids: list[st
 
 
 class Listener:
-    """LISTENs on one channel over its own connection (never a pooled one: the pool runs
+    """LISTENs on some channels over its own connection (never a pooled one: the pool runs
     `UNLISTEN *` on release) and keeps doing so across disconnects.
 
-    `on_notify()` runs for every notification; `on_connect()` runs after every (re)connect,
-    so the owner can look for work it may have missed while deaf.
+    `channels` maps each channel to a callback taking the payload. `on_connect()` runs after
+    every (re)connect, so the owner can look for work it may have missed while deaf. A
+    termination callback notices a dropped connection within milliseconds; a periodic ping
+    notices one that hangs.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        channel: str,
-        on_notify: Callable[[], None],
+        channels: Mapping[str, Callable[[str], None]],
         on_connect: Callable[[], None],
-        ping_interval: float = 10.0,
+        ping_interval: float = 5.0,
         max_backoff: float = 5.0,
     ) -> None:
         self._url = url
-        self._channel = channel
-        self._on_notify = on_notify
+        self._channels = dict(channels)
         self._on_connect = on_connect
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
         self.connected = asyncio.Event()
         self.reconnects = 0
-
-    def _notified(self, *_: object) -> None:
-        self._on_notify()
 
     async def run(self) -> None:
         """Listen until cancelled."""
@@ -96,6 +123,8 @@ class Listener:
                 continue
             try:
                 await self._listen(conn)
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                log.warning("listener failed: %s", exc, extra={"action": "listener_failed"})
             finally:
                 self.connected.clear()
                 if not conn.is_closed():
@@ -107,15 +136,20 @@ class Listener:
     async def _listen(self, conn: asyncpg.Connection) -> None:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(self._channel, self._notified)
+        for channel, callback in self._channels.items():
+            await conn.add_listener(channel, _payload_only(callback))
         self.connected.set()
-        log.info("listening on %s", self._channel, extra={"action": "listener_connected"})
+        log.info("listening", extra={"action": "listener_connected"})
         self._on_connect()
         while not lost.is_set():
             try:
                 await asyncio.wait_for(lost.wait(), self._ping_interval)
             except asyncio.TimeoutError:
-                try:
-                    await conn.execute(queries.ping, timeout=5)
-                except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
-                    return
+                await conn.execute(queries.ping, timeout=5)
+
+
+def _payload_only(callback: Callable[[str], None]) -> Callable[..., None]:
+    def on_notification(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        callback(payload)
+
+    return on_notification

@@ -8,7 +8,9 @@ its job can never overwrite the outcome of another.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -17,12 +19,19 @@ from app.models import Job
 from app.sql import queries
 
 Handler = Callable[[Job], Awaitable[None]]
-"""Does a claimed job's work. Returning means success; raising `JobFailed` fails the job with
-its message; raising `OwnershipLost` abandons it quietly."""
+"""Does a claimed job's work. Returning means success; raising `JobFailed` fails the attempt
+with its message (retried when `retryable` and attempts remain); raising `OwnershipLost`
+abandons it quietly. Any other exception counts as a retryable failure."""
+
+Connection = asyncpg.Connection | asyncpg.Pool
 
 
 class JobFailed(Exception):
-    """The job cannot be done; its message is what the client will read as `error`."""
+    """The attempt failed; its message is what the client will read as `error`."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class OwnershipLost(Exception):
@@ -30,21 +39,21 @@ class OwnershipLost(Exception):
 
 
 async def claim(
-    conn: asyncpg.Connection | asyncpg.Pool, *, worker_id: str, limit: int, lease_seconds: float
+    conn: Connection, *, worker_id: str, limit: int, lease_seconds: float
 ) -> list[Job]:
     rows = await conn.fetch(queries.job_claim, worker_id, limit, lease_seconds)
     return [Job.from_record(row) for row in rows]
 
 
 async def complete(
-    conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID, worker_id: str, attempt: int
+    conn: Connection, *, job_id: UUID, worker_id: str, attempt: int
 ) -> bool:
     """Mark the job completed; False when the worker no longer owned it."""
     return await conn.fetchval(queries.job_complete, job_id, worker_id, attempt) is not None
 
 
 async def fail(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Connection,
     *,
     job_id: UUID,
     worker_id: str,
@@ -53,3 +62,57 @@ async def fail(
 ) -> bool:
     """Mark the job failed with `error`; False when the worker no longer owned it."""
     return await conn.fetchval(queries.job_fail, job_id, worker_id, attempt, error) is not None
+
+
+async def retry(
+    conn: Connection, *, job_id: UUID, worker_id: str, attempt: int, error: str, delay: float
+) -> bool:
+    """Requeue the job, due in `delay` seconds; False when the worker no longer owned it."""
+    row = await conn.fetchval(queries.job_retry, job_id, worker_id, attempt, error, delay)
+    return row is not None
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Seconds before retrying after failed attempt `attempt` (1-based): exponential with full
+    jitter, so that jobs failing together do not return together."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
+
+
+async def hand_back(conn: Connection, *, worker_id: str, jobs: list[Job]) -> list[UUID]:
+    """Return unfinished jobs to the queue now, without counting their attempts."""
+    rows = await conn.fetch(
+        queries.job_hand_back, worker_id, [job.id for job in jobs], [job.attempts for job in jobs]
+    )
+    return [row["id"] for row in rows]
+
+
+async def renew_leases(
+    conn: Connection, *, worker_id: str, job_ids: list[UUID], lease_seconds: float
+) -> set[UUID]:
+    """Extend the leases the worker still holds; return the ids it still owns."""
+    rows = await conn.fetch(queries.job_renew_leases, worker_id, job_ids, lease_seconds)
+    return {row["id"] for row in rows}
+
+
+async def reclaim_expired(conn: Connection, *, limit: int = 100) -> list[asyncpg.Record]:
+    """Requeue (or fail, when out of attempts) jobs whose lease lapsed; return (id, status,
+    worker_id) of each."""
+    return await conn.fetch(queries.job_reclaim_expired, limit)
+
+
+async def next_run_at(conn: Connection) -> datetime | None:
+    return await conn.fetchval(queries.job_next_run_at)
+
+
+async def heartbeat(
+    conn: Connection, *, worker_id: str, host: str, pid: int, concurrency: int, running: int
+) -> None:
+    await conn.execute(queries.worker_heartbeat, worker_id, host, pid, concurrency, running)
+
+
+async def unregister(conn: Connection, *, worker_id: str) -> None:
+    await conn.execute(queries.worker_delete, worker_id)
+
+
+async def delete_dead_workers(conn: Connection, *, unseen_for: float) -> list[str]:
+    return [row["id"] for row in await conn.fetch(queries.worker_delete_dead, unseen_for)]

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     worker_poll_interval: PositiveSeconds = 30.0
     lease_seconds: PositiveSeconds = 30.0
     job_max_attempts: int = Field(3, ge=1, le=100)
+    job_timeout: PositiveSeconds = 300.0
+    shutdown_grace: float = Field(25.0, ge=0)
+    retry_base_delay: float = Field(1.0, ge=0)
+    retry_max_delay: float = Field(60.0, ge=0)
 
     log_level: str = "INFO"
 

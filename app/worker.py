@@ -1,9 +1,10 @@
-"""The worker loop: wake on NOTIFY, claim up to the free slots, run handlers concurrently.
+"""The worker loop: wake on NOTIFY, claim up to the free slots, run handlers concurrently,
+keep their leases, and give back what it cannot finish.
 
 NOTIFY is only a wake-up hint: the worker looks for work once at start, after every
 reconnect of its listener, whenever a notification arrives, whenever a slot frees while the
-queue may still hold work, and on a slow jittered safety sweep. It never counts
-notifications.
+queue may still hold work, when the earliest scheduled retry falls due, and on a slow
+jittered safety sweep. It never counts notifications.
 """
 
 from __future__ import annotations
@@ -15,21 +16,56 @@ import random
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+from uuid import UUID
 
 import asyncpg
 
 from app import db, generation, queue
-from app.db import JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
+from app.db import CANCEL_CHANNEL, JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
 from app.models import Job
 from app.providers.local import LocalProvider
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+StopReason = Literal["canceled", "lost", "shutdown"]
+
 
 def new_worker_id() -> str:
     """Readable in psql: host, pid and a short random suffix (pids are reused)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class Running:
+    job: Job
+    task: asyncio.Task[None]
+    stop_reason: StopReason | None = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    poll_interval: float = 30.0
+    lease_seconds: float = 30.0
+    job_timeout: float = 300.0
+    shutdown_grace: float = 25.0
+    retry_base: float = 1.0
+    retry_cap: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Timing:
+        return cls(
+            poll_interval=settings.worker_poll_interval,
+            lease_seconds=settings.lease_seconds,
+            job_timeout=settings.job_timeout,
+            shutdown_grace=settings.shutdown_grace,
+            retry_base=settings.retry_base_delay,
+            retry_cap=settings.retry_max_delay,
+        )
 
 
 class Worker:
@@ -40,32 +76,55 @@ class Worker:
         listen_url: str,
         handler: queue.Handler,
         concurrency: int,
-        poll_interval: float,
-        lease_seconds: float,
+        timing: Timing = Timing(),
         worker_id: str | None = None,
     ) -> None:
         self.id = worker_id or new_worker_id()
         self._pool = pool
         self._handler = handler
         self._concurrency = concurrency
-        self._poll_interval = poll_interval
-        self._lease_seconds = lease_seconds
-        self._running: dict[asyncio.Task[None], Job] = {}
+        self._timing = timing
+        self._running: dict[UUID, Running] = {}
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._stopping = False
         self._queue_maybe_nonempty = True
+        self._next_due: datetime | None = None
         self.listener = Listener(
-            listen_url, channel=JOBS_CHANNEL, on_notify=self._wake.set, on_connect=self._wake.set
+            listen_url,
+            channels={JOBS_CHANNEL: lambda _payload: self._wake.set(), CANCEL_CHANNEL: self._canceled},
+            on_connect=self._wake.set,
         )
 
+    # Control
+
     def stop(self) -> None:
-        """Stop claiming; `run` returns once the running jobs have finished."""
+        """Stop claiming and finish the running jobs within the grace period; a second call
+        skips what is left of it. Either way, unfinished jobs are handed back."""
+        if self._stopping:
+            self._hurry.set()
         self._stopping = True
         self._wake.set()
 
+    def _canceled(self, payload: str) -> None:
+        try:
+            running = self._running.get(UUID(payload))
+        except ValueError:
+            return
+        if running is not None:
+            self._interrupt(running, "canceled")
+
+    def _interrupt(self, running: Running, reason: StopReason) -> None:
+        if running.stop_reason is None:
+            running.stop_reason = reason
+            running.task.cancel()
+
+    # The loop
+
     async def run(self, *, drain: bool = False) -> None:
-        """Process jobs until `stop()`; with `drain=True`, until the queue is empty instead."""
+        """Process jobs until `stop()`; with `drain=True`, until no job is pending or running."""
         listening = None if drain else asyncio.create_task(self.listener.run())
+        beating = asyncio.create_task(self._heartbeat_forever())
         log.info("worker %s started", self.id, extra={"action": "worker_started"})
         self._wake.set()
         try:
@@ -76,23 +135,34 @@ class Worker:
                     break
                 await self._claim_while_room()
                 if drain and not self._running and not self._queue_maybe_nonempty:
-                    break
+                    if self._next_due is None:
+                        break
         finally:
-            if self._running:
-                await asyncio.wait(list(self._running))
-            if listening is not None:
-                listening.cancel()
-                await asyncio.gather(listening, return_exceptions=True)
+            await self._shut_down()
+            for task in (listening, beating):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            try:
+                await db.with_retries(
+                    lambda: queue.unregister(self._pool, worker_id=self.id), deadline=2
+                )
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                pass
             log.info("worker %s stopped", self.id, extra={"action": "worker_stopped"})
 
     async def _sleep_until_woken(self) -> None:
-        sweep = self._poll_interval * random.uniform(0.8, 1.2)
+        timeout = self._timing.poll_interval * random.uniform(0.8, 1.2)
+        if self._next_due is not None:
+            until_due = (self._next_due - datetime.now(timezone.utc)).total_seconds()
+            timeout = max(0.0, min(timeout, until_due + 0.005))
         try:
-            await asyncio.wait_for(self._wake.wait(), sweep)
+            await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
             pass
 
     async def _claim_while_room(self) -> None:
+        self._next_due = None
         while not self._stopping:
             free = self._concurrency - len(self._running)
             if free <= 0:
@@ -100,53 +170,105 @@ class Worker:
                 return
             try:
                 jobs = await queue.claim(
-                    self._pool, worker_id=self.id, limit=free, lease_seconds=self._lease_seconds
+                    self._pool,
+                    worker_id=self.id,
+                    limit=free,
+                    lease_seconds=self._timing.lease_seconds,
                 )
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("claim failed: %s", exc, extra={"action": "claim_failed"})
                 self._queue_maybe_nonempty = True
+                self._next_due = datetime.now(timezone.utc) + _jittered(1.0)
                 return
             for job in jobs:
-                log.info(
-                    "claimed job %s (attempt %d)",
-                    job.id,
-                    job.attempts,
-                    extra={"action": "job_claimed", "job_id": str(job.id)},
-                )
-                task = asyncio.create_task(self._execute(job))
-                self._running[task] = job
-                task.add_done_callback(self._finished)
+                self._start(job)
             if len(jobs) < free:
                 self._queue_maybe_nonempty = False
+                await self._schedule_next_due()
                 return
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+    async def _schedule_next_due(self) -> None:
+        """Sleep no longer than until the earliest pending job (a scheduled retry) is due."""
+        try:
+            self._next_due = await queue.next_run_at(self._pool)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            self._next_due = datetime.now(timezone.utc) + _jittered(1.0)
+
+    def _start(self, job: Job) -> None:
+        log.info(
+            "claimed job %s (attempt %d of %d)",
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            extra={"action": "job_claimed", "job_id": str(job.id)},
+        )
+        task = asyncio.create_task(self._execute(job))
+        running = self._running[job.id] = Running(job, task)
+        task.add_done_callback(lambda _task: self._finished(running))
+
+    def _finished(self, running: Running) -> None:
+        if self._running.get(running.job.id) is running:
+            del self._running[running.job.id]
         if self._queue_maybe_nonempty:
             self._wake.set()
 
+    # One job
+
     async def _execute(self, job: Job) -> None:
         extra = {"job_id": str(job.id)}
-        owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
+        running = self._running.get(job.id)
         try:
-            try:
+            async with asyncio.timeout(self._timing.job_timeout):
                 await self._handler(job)
-            except queue.OwnershipLost:
-                log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
-                return
-            except queue.JobFailed as exc:
-                error = str(exc) or type(exc).__name__
-            except Exception as exc:
-                log.exception("handler crashed on job %s", job.id, extra={"action": "job_crashed", **extra})
-                error = f"internal error: {type(exc).__name__}: {exc}"
-            else:
-                if await queue.complete(self._pool, **owner):
-                    log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
-                else:
-                    log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
-                return
-            if await queue.fail(self._pool, error=error, **owner):
-                log.info("failed job %s: %s", job.id, error, extra={"action": "job_failed", **extra})
+        except asyncio.CancelledError:
+            reason = running.stop_reason if running else None
+            if reason is None:
+                raise
+            log.info("stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", **extra})
+            return
+        except TimeoutError:
+            await self._failed(job, f"timed out after {self._timing.job_timeout:g}s", retryable=True)
+        except queue.OwnershipLost:
+            log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
+        except queue.JobFailed as exc:
+            await self._failed(job, str(exc) or type(exc).__name__, retryable=exc.retryable)
+        except Exception as exc:
+            log.exception("handler crashed on job %s", job.id, extra={"action": "job_crashed", **extra})
+            await self._failed(job, f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+        else:
+            owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
+            if await self._record(lambda: queue.complete(self._pool, **owner), job):
+                log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
+
+    async def _failed(self, job: Job, error: str, *, retryable: bool) -> None:
+        extra = {"job_id": str(job.id)}
+        owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
+        if retryable and job.attempts < job.max_attempts:
+            delay = queue.backoff(
+                job.attempts, base=self._timing.retry_base, cap=self._timing.retry_cap
+            )
+            if await self._record(
+                lambda: queue.retry(self._pool, error=error, delay=delay, **owner), job
+            ):
+                log.info(
+                    "job %s attempt %d failed, retrying in %.1fs: %s",
+                    job.id,
+                    job.attempts,
+                    delay,
+                    error,
+                    extra={"action": "job_retried", **extra},
+                )
+            return
+        if await self._record(lambda: queue.fail(self._pool, error=error, **owner), job):
+            log.info("failed job %s: %s", job.id, error, extra={"action": "job_failed", **extra})
+
+    async def _record(self, write: Callable[[], Awaitable[bool]], job: Job) -> bool:
+        """Write a job's outcome, riding out a database outage for up to one lease (after
+        that the lease lapses and the job is reclaimed anyway). False if the worker no
+        longer owned the job."""
+        extra = {"job_id": str(job.id)}
+        try:
+            owned = await db.with_retries(write, deadline=self._timing.lease_seconds)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             log.warning(
                 "could not record the outcome of job %s: %s",
@@ -154,20 +276,113 @@ class Worker:
                 exc,
                 extra={"action": "job_outcome_unrecorded", **extra},
             )
+            return False
+        if not owned:
+            log.warning("lost job %s before recording it", job.id, extra={"action": "job_lost", **extra})
+        return owned
+
+    # Leases, heartbeat, reclaiming
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self._timing.lease_seconds / 3
+        while True:
+            try:
+                await self._heartbeat()
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+            await asyncio.sleep(interval * random.uniform(0.9, 1.0))
+
+    async def _heartbeat(self) -> None:
+        """Renew this worker's leases in one statement, say it is alive, reclaim the jobs of
+        workers that stopped renewing, and forget workers long dead."""
+        timing = self._timing
+        if self._running:
+            mine = list(self._running)
+            owned = await queue.renew_leases(
+                self._pool, worker_id=self.id, job_ids=mine, lease_seconds=timing.lease_seconds
+            )
+            for job_id in set(mine) - owned:
+                running = self._running.get(job_id)
+                if running is not None:
+                    self._interrupt(running, "lost")
+        await queue.heartbeat(
+            self._pool,
+            worker_id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self._concurrency,
+            running=len(self._running),
+        )
+        for row in await queue.reclaim_expired(self._pool):
+            log.warning(
+                "reclaimed job %s from %s: now %s",
+                row["id"],
+                row["worker_id"],
+                row["status"],
+                extra={"action": "job_reclaimed", "job_id": str(row["id"])},
+            )
+        await queue.delete_dead_workers(self._pool, unseen_for=timing.lease_seconds * 3)
+
+    # Shutdown
+
+    async def _shut_down(self) -> None:
+        """Let running jobs finish within the grace period (cut short by a second stop), then
+        stop the rest and hand them straight back to the queue."""
+        if not self._running:
+            return
+        tasks = [running.task for running in self._running.values()]
+        log.info(
+            "waiting up to %gs for %d running jobs",
+            self._timing.shutdown_grace,
+            len(tasks),
+            extra={"action": "worker_draining"},
+        )
+        all_done = asyncio.ensure_future(asyncio.wait(tasks))
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait(
+            [all_done, hurry], timeout=self._timing.shutdown_grace, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (all_done, hurry):
+            waiter.cancel()
+        unfinished = [running for running in self._running.values() if not running.task.done()]
+        if not unfinished:
+            return
+        for running in unfinished:
+            self._interrupt(running, "shutdown")
+        await asyncio.wait([running.task for running in unfinished])
+        jobs = [running.job for running in unfinished]
+        try:
+            handed = await db.with_retries(
+                lambda: queue.hand_back(self._pool, worker_id=self.id, jobs=jobs), deadline=5
+            )
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning(
+                "could not hand back %d jobs (their leases will lapse): %s",
+                len(jobs),
+                exc,
+                extra={"action": "hand_back_failed"},
+            )
+            return
+        for job_id in handed:
+            log.info("handed back job %s", job_id, extra={"action": "job_handed_back", "job_id": str(job_id)})
 
 
-async def serve(settings: Settings) -> None:
-    """Run one worker process until SIGTERM or SIGINT."""
+def _jittered(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds * random.uniform(0.5, 1.5))
+
+
+async def serve(settings: Settings, *, handler: queue.Handler | None = None) -> None:
+    """Run one worker process until SIGTERM or SIGINT (a second one skips the grace period).
+    `handler` replaces the generation handler (tests use this)."""
     assert settings.database_url is not None
-    pool = await db.create_pool(settings.database_url, size=settings.worker_concurrency + 2)
+    pool = await db.create_pool(settings.database_url, size=settings.worker_concurrency + 3)
     provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
     worker = Worker(
         pool=pool,
         listen_url=settings.database_url,
-        handler=generation.handler(pool, provider),
+        handler=handler or generation.handler(pool, provider, db_patience=settings.lease_seconds),
         concurrency=settings.worker_concurrency,
-        poll_interval=settings.worker_poll_interval,
-        lease_seconds=settings.lease_seconds,
+        timing=Timing.from_settings(settings),
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,3 +1,3 @@
 DROP TABLE images;
 DROP TABLE jobs;
-DROP FUNCTION jobs_notify_inserted();
+DROP FUNCTION jobs_wake_workers();

@@ -62,7 +62,7 @@ COMMENT ON COLUMN images.sha256 IS 'Hex digest of png, the strong ETag';
 
 -- A statement-level trigger: a bulk insert of many jobs costs one NOTIFY.
 -- The payload is empty on purpose: a notification is a wake-up hint, never the queue.
-CREATE FUNCTION jobs_notify_inserted() RETURNS trigger
+CREATE FUNCTION jobs_wake_workers() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('menagerie_jobs', '');
@@ -70,6 +70,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER jobs_notify_inserted
+CREATE TRIGGER jobs_wake_workers_on_insert
     AFTER INSERT ON jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_inserted();
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_wake_workers();

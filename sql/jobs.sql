@@ -47,8 +47,7 @@ SET status = 'processing',
     attempts = jobs.attempts + 1,
     lease_expires_at = clock_timestamp() + make_interval(secs => $3),
     started_at = clock_timestamp(),
-    updated_at = clock_timestamp(),
-    error = NULL
+    updated_at = clock_timestamp()
 FROM (
     SELECT id
     FROM jobs
@@ -65,6 +64,7 @@ RETURNING jobs.*, ARRAY[]::integer[] AS image_indexes;
 -- $1 id, $2 worker_id, $3 attempt
 UPDATE jobs
 SET status = 'completed',
+    error = NULL,
     lease_expires_at = NULL,
     finished_at = clock_timestamp(),
     updated_at = clock_timestamp()
@@ -81,4 +81,80 @@ SET status = 'failed',
     finished_at = clock_timestamp(),
     updated_at = clock_timestamp()
 WHERE id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+RETURNING id;
+
+-- name: job_retry
+-- Puts a failed attempt back in the queue, due after $5 seconds, only if worker $2 still owns
+-- attempt $3 of the job. The requeue trigger wakes the workers.
+-- $1 id, $2 worker_id, $3 attempt, $4 error, $5 delay in seconds
+UPDATE jobs
+SET status = 'pending',
+    error = $4,
+    run_at = clock_timestamp() + make_interval(secs => $5),
+    lease_expires_at = NULL,
+    updated_at = clock_timestamp()
+WHERE id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+RETURNING id;
+
+-- name: job_hand_back
+-- A stopping worker returns the jobs it did not finish, due now and without counting the
+-- attempt, so another worker takes them at once (the requeue trigger wakes it).
+-- $1 worker_id, $2 job ids (uuid[]), $3 their attempts (integer[], same order)
+UPDATE jobs
+SET status = 'pending',
+    attempts = jobs.attempts - 1,
+    run_at = clock_timestamp(),
+    lease_expires_at = NULL,
+    updated_at = clock_timestamp()
+FROM unnest($2::uuid[], $3::integer[]) AS mine (id, attempt)
+WHERE jobs.id = mine.id AND jobs.attempts = mine.attempt
+  AND jobs.status = 'processing' AND jobs.worker_id = $1
+RETURNING jobs.id;
+
+-- name: job_renew_leases
+-- Extends the leases of the jobs among $2 that worker $1 still owns; returns their ids
+-- (a missing id was canceled or reclaimed).
+-- $1 worker_id, $2 job ids (uuid[]), $3 lease in seconds
+UPDATE jobs
+SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+WHERE id = ANY($2::uuid[]) AND status = 'processing' AND worker_id = $1
+RETURNING id;
+
+-- name: job_reclaim_expired
+-- Jobs whose lease lapsed (their worker died or stalled) go back to pending, due now, or to
+-- failed when they have used all their attempts. SKIP LOCKED: workers reclaim side by side.
+-- $1 how many at most
+UPDATE jobs
+SET status = CASE WHEN jobs.attempts >= jobs.max_attempts THEN 'failed' ELSE 'pending' END,
+    error = 'worker ' || jobs.worker_id || ' stopped renewing its lease (attempt '
+            || jobs.attempts || ' of ' || jobs.max_attempts || ')',
+    run_at = clock_timestamp(),
+    lease_expires_at = NULL,
+    finished_at = CASE WHEN jobs.attempts >= jobs.max_attempts THEN clock_timestamp() END,
+    updated_at = clock_timestamp()
+FROM (
+    SELECT id
+    FROM jobs
+    WHERE status = 'processing' AND lease_expires_at < clock_timestamp()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS expired
+WHERE jobs.id = expired.id
+RETURNING jobs.id, jobs.status, jobs.worker_id;
+
+-- name: job_next_run_at
+-- When the earliest pending job is due; NULL when none is pending.
+SELECT min(run_at) FROM jobs WHERE status = 'pending';
+
+-- name: job_cancel
+-- Cancels a job that has not finished. A processing job's worker hears of it through the
+-- cancel trigger's NOTIFY. Returns no row when the job is unknown or already finished.
+-- $1 id
+UPDATE jobs
+SET status = 'canceled',
+    lease_expires_at = NULL,
+    finished_at = clock_timestamp(),
+    updated_at = clock_timestamp()
+WHERE id = $1 AND status IN ('pending', 'processing')
 RETURNING id;

@@ -17,7 +17,7 @@ from app.models import Job
 from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
-from app.worker import Worker
+from app.worker import Timing, Worker
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -83,8 +83,7 @@ async def start_worker(database_url: str) -> AsyncIterator[StartWorker]:
             listen_url=database_url,
             handler=handler,
             concurrency=concurrency,
-            poll_interval=poll_interval,
-            lease_seconds=30,
+            timing=Timing(poll_interval=poll_interval, lease_seconds=30),
         )
         task = asyncio.create_task(worker.run())
         running.append((worker, task, pool))
