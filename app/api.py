@@ -228,18 +228,47 @@ async def list_generations(request: Request) -> Response:
 async def get_image(request: Request) -> Response:
     job_id = parse_job_id(request)
     name: str = request.path_params["name"]
-    stem, dot, extension = name.partition(".")
-    if extension != "png" or not stem.isdigit() or len(stem) > 6:
+    stem, _, extension = name.partition(".")
+    canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
+    if extension != "png" or not canonical:
         raise Problem(404, "no such image")
     found = await images.get(request.state.pool, job_id=job_id, index=int(stem))
     if found is None:
         raise Problem(404, "no such image")
     png, digest = found
-    headers = {"ETag": f'"{digest}"', "Cache-Control": "public, max-age=31536000, immutable"}
-    if_none_match = request.headers.get("if-none-match", "")
-    if headers["ETag"] in {tag.strip() for tag in if_none_match.split(",")} or if_none_match == "*":
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(png, headers=headers, media_type="image/png")
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x"."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
+async def cancel_generation(request: Request) -> Response:
+    """Cancel a pending or processing job; repeating it is harmless; a finished job is 409."""
+    pool = request.state.pool
+    job_id = parse_job_id(request)
+    canceled = await jobs.cancel(pool, job_id=job_id)
+    job = await jobs.get(pool, job_id=job_id)
+    if job is None:
+        raise Problem(404, "no such job")
+    if canceled:
+        log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
+    elif job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise Problem(
+            409,
+            f"the job already {job.status.value}; only pending or processing jobs can be canceled",
+            type="/problems/job-finished",
+            title="Job already finished",
+        )
+    return job_response(JobOut.from_job(job, base_url=base_url(request)))
 
 
 async def list_animals(request: Request) -> Response:
@@ -316,6 +345,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
+        Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

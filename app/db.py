@@ -32,11 +32,23 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A connection PostgreSQL terminated whose closing asyncpg has not processed yet refuses
+    # new operations with this error until it is discarded.
+    asyncpg.exceptions.InternalClientError,
 )
 """Errors that mean PostgreSQL is unreachable or going away, not that a query is wrong."""
 
 
 T = TypeVar("T")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state (no SET, LISTEN, advisory lock or cursor;
+    every statement commits on its own), so there is nothing to reset on release. The default
+    reset costs a round trip per use, and raises from `release` when PostgreSQL has just
+    terminated the connection, turning a query that succeeded into an error."""
+    if conn.is_in_transaction():
+        await conn.execute(queries.rollback)
 
 
 async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
@@ -49,6 +61,7 @@ async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
         timeout=5,
         command_timeout=30,
         max_inactive_connection_lifetime=300,
+        reset=_keep_session,
     )
 
 

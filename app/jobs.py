@@ -22,6 +22,11 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> Job |
     return None if row is None else Job.from_record(row)
 
 
+async def cancel(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> bool:
+    """Cancel the job if it is pending or processing; False when unknown or already finished."""
+    return await conn.fetchval(queries.job_cancel, job_id) is not None
+
+
 FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=2**128 - 1))
 """A cursor after every job: where the first page starts."""
 

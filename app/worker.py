@@ -371,16 +371,22 @@ def _jittered(seconds: float) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.5, 1.5))
 
 
-async def serve(settings: Settings, *, handler: queue.Handler | None = None) -> None:
-    """Run one worker process until SIGTERM or SIGINT (a second one skips the grace period).
-    `handler` replaces the generation handler (tests use this)."""
+HandlerFactory = Callable[[asyncpg.Pool, Settings], queue.Handler]
+
+
+def generation_handler(pool: asyncpg.Pool, settings: Settings) -> queue.Handler:
+    provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
+    return generation.handler(pool, provider, db_patience=settings.lease_seconds)
+
+
+async def serve(settings: Settings, *, make_handler: HandlerFactory = generation_handler) -> None:
+    """Run one worker process until SIGTERM or SIGINT (a second one skips the grace period)."""
     assert settings.database_url is not None
     pool = await db.create_pool(settings.database_url, size=settings.worker_concurrency + 3)
-    provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
     worker = Worker(
         pool=pool,
         listen_url=settings.database_url,
-        handler=handler or generation.handler(pool, provider, db_patience=settings.lease_seconds),
+        handler=make_handler(pool, settings),
         concurrency=settings.worker_concurrency,
         timing=Timing.from_settings(settings),
     )

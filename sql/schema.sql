@@ -8,3 +8,7 @@ SELECT count(*) FROM _yoyo_migration WHERE migration_id = ANY($1::text[]);
 -- name: ping
 -- Proves a connection still answers.
 SELECT 1;
+
+-- name: rollback
+-- Ends a transaction left open on a connection going back to the pool.
+ROLLBACK;

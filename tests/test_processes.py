@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import signal
 import subprocess
@@ -13,32 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
-
-READY_TIMEOUT = 30
-
-
-async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=2) as http:
-        for _ in range(READY_TIMEOUT * 10):
-            assert process.poll() is None, f"exited with {process.returncode} before it was ready"
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} was not ready within {READY_TIMEOUT}s")
-
-
-async def wait_until_terminal(http: httpx.AsyncClient, location: str, timeout: float = 30) -> dict:
-    for _ in range(int(timeout * 20)):
-        job = (await http.get(location)).json()
-        if job["status"] in {"completed", "failed", "canceled"}:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {location} still {job['status']} after {timeout}s")
-
+from tests.support import free_port, wait_ready, wait_until_terminal
 
 def assert_distinct_pngs(blobs: list[bytes], size: int) -> None:
     for blob in blobs:

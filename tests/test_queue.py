@@ -18,6 +18,7 @@ from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
 from app.worker import Timing, Worker
+from tests.support import wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -31,14 +32,6 @@ async def insert_jobs(pool: asyncpg.Pool, count: int, *, num_images: int = 1) ->
         num_images,
     )
     return [row["id"] for row in rows]
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:

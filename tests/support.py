@@ -1,0 +1,56 @@
+"""Helpers for tests that drive real processes over HTTP and wait on the database."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+READY_TIMEOUT = 30
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the server at `base` answers /readyz with 200."""
+    async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+        for _ in range(READY_TIMEOUT * 10):
+            assert process.poll() is None, f"exited with {process.returncode} before it was ready"
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} was not ready within {READY_TIMEOUT}s")
+
+
+async def wait_until_terminal(http: httpx.AsyncClient, location: str, timeout: float = 30) -> dict:
+    """Poll a job until it is completed, failed or canceled; return it."""
+    job: dict = {}
+    for _ in range(int(timeout * 20)):
+        job = (await http.get(location)).json()
+        if job["status"] in TERMINAL:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {location} still {job.get('status')} after {timeout}s")
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10, interval: float = 0.02
+) -> None:
+    """Wait until `predicate()` is true, failing after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

