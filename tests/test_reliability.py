@@ -1,0 +1,232 @@
+"""Retries, timeouts, leases, the workers table and cancellation, with in-process workers on
+real PostgreSQL (the fault tests in test_faults.py do the same with real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from app import queue
+from app.models import Job
+from app.worker import Timing, Worker
+from tests.support import wait_for
+
+FAST = Timing(poll_interval=3600, lease_seconds=30, retry_base=0.2, retry_cap=0.4)
+
+
+@pytest.fixture
+async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """Start in-process workers with their own pools; all are stopped when the test ends."""
+    started: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
+
+    async def start(handler: queue.Handler, *, timing: Timing = FAST, concurrency: int = 4) -> Worker:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 3)
+        worker = Worker(
+            pool=pool, listen_url=database_url, handler=handler, concurrency=concurrency, timing=timing
+        )
+        started.append((worker, asyncio.create_task(worker.run()), pool))
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        return worker
+
+    yield start
+    for worker, task, pool in started:
+        worker.stop()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+
+
+async def new_job(pool: asyncpg.Pool, *, max_attempts: int = 3) -> UUID:
+    return await pool.fetchval(
+        "INSERT INTO jobs (num_images, animal, max_attempts) VALUES (1, 'cat', $1) RETURNING id",
+        max_attempts,
+    )
+
+
+async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
+    return await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+
+
+async def reaches(pool: asyncpg.Pool, job_id: UUID, status: str, timeout: float = 10) -> asyncpg.Record:
+    async def arrived() -> bool:
+        return (await job_row(pool, job_id))["status"] == status
+
+    await wait_for(arrived, timeout=timeout)
+    return await job_row(pool, job_id)
+
+
+class Script:
+    """A handler that plays one scripted outcome per attempt and records when each ran."""
+
+    def __init__(self, *outcomes: str, pause: float = 0.0) -> None:
+        self.outcomes = list(outcomes)
+        self.runs: list[tuple[int, float]] = []
+        self.pause = pause
+
+    async def __call__(self, job: Job) -> None:
+        self.runs.append((job.attempts, asyncio.get_running_loop().time()))
+        outcome = self.outcomes[min(len(self.runs), len(self.outcomes)) - 1]
+        await asyncio.sleep(self.pause)
+        if outcome == "transient":
+            raise queue.JobFailed(f"flaky on attempt {job.attempts}", retryable=True)
+        if outcome == "permanent":
+            raise queue.JobFailed("this will never work")
+        if outcome == "hang":
+            await asyncio.sleep(3600)
+
+
+async def test_a_transient_failure_is_retried_after_backoff_woken_by_a_timer(pool, start_worker):
+    """A transient failure puts the job back with a backoff; with the safety sweep an hour away
+    the worker still wakes when it is due and completes it on attempt 2."""
+    script = Script("transient", "ok")
+    await start_worker(script)
+    job_id = await new_job(pool)
+    row = await reaches(pool, job_id, "completed")
+    assert row["attempts"] == 2 and row["error"] is None
+    (_, first), (_, second) = script.runs
+    assert FAST.retry_base * 0.5 <= second - first < FAST.retry_base + 2
+
+
+async def test_transient_failures_stop_after_the_last_attempt(pool, start_worker):
+    """A job failing transiently every time ends `failed` after JOB_MAX_ATTEMPTS attempts, with
+    the last attempt's error."""
+    await start_worker(Script("transient"))
+    job_id = await new_job(pool, max_attempts=3)
+    row = await reaches(pool, job_id, "failed")
+    assert row["attempts"] == 3
+    assert row["error"] == "flaky on attempt 3"
+
+
+async def test_a_permanent_failure_fails_at_once(pool, start_worker):
+    """A permanent error fails the job on its first attempt, without retrying."""
+    script = Script("permanent")
+    await start_worker(script)
+    job_id = await new_job(pool)
+    row = await reaches(pool, job_id, "failed")
+    assert row["attempts"] == 1 and len(script.runs) == 1
+    assert row["error"] == "this will never work"
+
+
+async def test_an_attempt_that_runs_too_long_times_out_as_a_transient_failure(pool, start_worker):
+    """JOB_TIMEOUT ends a hanging attempt; it is retried like a transient failure, and the job
+    fails with a timeout error once out of attempts."""
+    script = Script("hang")
+    await start_worker(script, timing=Timing(poll_interval=3600, job_timeout=0.2, retry_base=0.05))
+    job_id = await new_job(pool, max_attempts=2)
+    row = await reaches(pool, job_id, "failed")
+    assert row["attempts"] == 2 and len(script.runs) == 2
+    assert row["error"] == "timed out after 0.2s"
+
+
+async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing(
+    pool, start_worker
+):
+    """A job whose worker stopped renewing its lease is reclaimed by a live worker (counting
+    the attempt) and completed there; the stale owner's late completion changes nothing."""
+    job_id = await new_job(pool)
+    [stale] = await queue.claim(pool, worker_id="gone-1-dead", limit=1, lease_seconds=0.3)
+    script = Script("ok")
+    await start_worker(script, timing=Timing(poll_interval=3600, lease_seconds=0.6))
+    row = await reaches(pool, job_id, "completed")
+    assert row["attempts"] == 2 and script.runs[0][0] == 2
+    assert not await queue.complete(pool, job_id=job_id, worker_id="gone-1-dead", attempt=stale.attempts)
+
+
+async def test_a_long_job_keeps_its_lease_by_heartbeat(pool, start_worker):
+    """A job running for several leases is renewed by its worker's heartbeat, so another
+    worker never reclaims it: it runs once and completes on attempt 1."""
+    timing = Timing(poll_interval=3600, lease_seconds=0.6)
+    script = Script("ok", pause=2.0)
+    await start_worker(script, timing=timing)
+    job_id = await new_job(pool)
+    await wait_for(lambda: _status_is(pool, job_id, "processing"))
+    await start_worker(Script("ok"), timing=timing)
+    row = await reaches(pool, job_id, "completed")
+    assert row["attempts"] == 1 and len(script.runs) == 1
+
+
+async def _status_is(pool: asyncpg.Pool, job_id: UUID, status: str) -> bool:
+    return (await job_row(pool, job_id))["status"] == status
+
+
+async def test_workers_are_listed_while_alive_and_removed_when_stopped_or_dead(
+    pool, start_worker
+):
+    """A running worker has a row (host, pid, heartbeat); a worker unseen for three leases is
+    deleted by the others' heartbeat; a worker that stops deletes its own row."""
+    await pool.execute(
+        "INSERT INTO workers (id, host, pid, concurrency, last_seen_at) "
+        "VALUES ('ghost-1-beef', 'elsewhere', 1, 4, now() - interval '1 hour')"
+    )
+    worker = await start_worker(Script("ok"), timing=Timing(poll_interval=3600, lease_seconds=0.6))
+    await wait_for(lambda: _worker_ids(pool, {worker.id}))
+    row = await pool.fetchrow("SELECT host, pid, concurrency FROM workers WHERE id = $1", worker.id)
+    assert (row["host"], row["pid"], row["concurrency"]) == (socket.gethostname(), os.getpid(), 4)
+    worker.stop()
+    await wait_for(lambda: _worker_ids(pool, set()))
+
+
+async def _worker_ids(pool: asyncpg.Pool, expected: set[str]) -> bool:
+    return {row["id"] for row in await pool.fetch("SELECT id FROM workers")} == expected
+
+
+async def test_a_job_canceled_while_pending_is_never_run(client, pool, start_worker):
+    """Canceling a pending job answers 200 `canceled` at once, and no worker ever runs it."""
+    job_id = await new_job(pool)
+    response = await client.post(f"/generations/{job_id}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "canceled" and response.json()["finishedAt"]
+    script = Script("ok")
+    await start_worker(script)
+    await asyncio.sleep(0.3)
+    assert script.runs == []
+    assert (await job_row(pool, job_id))["status"] == "canceled"
+
+
+async def test_a_processing_job_canceled_stops_on_its_worker(client, pool, start_worker):
+    """Canceling a processing job stops its handler through the cancel NOTIFY, well within a
+    second, and the job stays canceled."""
+    script = Script("hang")
+    worker = await start_worker(script, concurrency=1)
+    job_id = await new_job(pool)
+    await wait_for(lambda: _status_is(pool, job_id, "processing"))
+    response = await client.post(f"/generations/{job_id}/cancel")
+    assert response.json()["status"] == "canceled"
+    await wait_for(lambda: _idle(worker), timeout=1.0, interval=0.01)
+    await asyncio.sleep(0.2)
+    assert (await job_row(pool, job_id))["status"] == "canceled"
+
+
+async def _idle(worker: Worker) -> bool:
+    return not worker._running
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+async def test_canceling_a_finished_job_is_a_conflict(client, pool, status):
+    """Canceling a completed or failed job answers 409 problem+json and changes nothing."""
+    job_id = await new_job(pool)
+    await pool.execute("UPDATE jobs SET status = $2 WHERE id = $1", job_id, status)
+    response = await client.post(f"/generations/{job_id}/cancel")
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 409 and status in response.json()["detail"]
+    assert (await job_row(pool, job_id))["status"] == status
+
+
+async def test_canceling_twice_is_harmless_and_unknown_jobs_are_404(client, pool):
+    """A repeated cancel answers 200 with the same canceled job; an unknown or malformed id
+    answers 404."""
+    job_id = await new_job(pool)
+    first = await client.post(f"/generations/{job_id}/cancel")
+    second = await client.post(f"/generations/{job_id}/cancel")
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    for unknown in ("00000000-0000-0000-0000-000000000000", "nope"):
+        response = await client.post(f"/generations/{unknown}/cancel")
+        assert response.status_code == 404
