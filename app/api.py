@@ -1,98 +1,69 @@
-"""The HTTP API: endpoints, problem+json errors, and the app factory with its lifespan."""
+"""The HTTP API: endpoints and the app factory with its lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import random
+import re
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any, TypedDict
 from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from app import db, images, jobs
+from app import db, events, images, jobs
 from app.animals import ANIMALS
 from app.migrate import migration_ids
 from app.models import GenerationRequest, JobOut, JobStatus
+from app.problems import Problem, exception_handlers, validation_problem
+from app.request_ids import RequestIdMiddleware
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_WAIT_SECONDS = 60
 JSON_TYPES = ("application/json",)
 _job_list = TypeAdapter(list[JobOut])
+
+
+class Backlog:
+    """How many jobs are pending, read at most once a second per process and counted no
+    further than the limit, so that refusing work never costs a count(*) per request."""
+
+    def __init__(self, limit: int, *, max_age: float = 1.0) -> None:
+        self.limit = limit
+        self._max_age = max_age
+        self._count = 0
+        self._read_at = float("-inf")
+
+    async def full(self, pool: asyncpg.Pool) -> bool:
+        if time.monotonic() - self._read_at > self._max_age:
+            self._count = await jobs.pending_count(pool, cap=self.limit)
+            self._read_at = time.monotonic()
+        return self._count >= self.limit
 
 
 class State(TypedDict):
     settings: Settings
     pool: asyncpg.Pool
     migration_ids: list[str]
-
-
-class Problem(Exception):
-    """An error answered as RFC 9457 problem+json."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        type: str = "about:blank",
-        title: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.type = type
-        self.title = title or HTTPStatus(status).phrase
-        self.errors = errors
-        self.headers = headers
-
-
-def problem_response(problem: Problem) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": problem.type,
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-    }
-    if problem.errors is not None:
-        body["errors"] = problem.errors
-    return JSONResponse(
-        body,
-        status_code=problem.status,
-        headers=problem.headers,
-        media_type="application/problem+json",
-    )
-
-
-def validation_problem(exc: ValidationError, *, where: str) -> Problem:
-    errors = [
-        {"loc": [where, *(str(part) for part in error["loc"])], "msg": error["msg"]}
-        for error in exc.errors(include_url=False)
-    ]
-    first = errors[0]
-    return Problem(
-        422,
-        f"{first['loc'][-1]}: {first['msg']}" if len(first["loc"]) > 1 else first["msg"],
-        type="/problems/validation-error",
-        title="Request did not validate",
-        errors=errors,
-    )
+    watch: events.JobWatch
+    backlog: Backlog
 
 
 # Requests
@@ -132,10 +103,22 @@ def base_url(request: Request) -> str:
     return str(configured or request.base_url).rstrip("/")
 
 
-def job_response(job: JobOut, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        job.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json"
-    )
+def job_response(
+    request: Request, job: JobOut, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The job as JSON with a strong ETag of its bytes; 304 when If-None-Match has it."""
+    body = job.model_dump_json().encode()
+    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    headers = {**(headers or {}), "ETag": etag}
+    if status_code == 200 and etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def requested_wait(request: Request) -> int | None:
+    """Seconds asked for with `Prefer: wait=N` (RFC 7240), at most 60; None when not asked."""
+    found = re.search(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", request.headers.get("prefer", ""))
+    return min(int(found.group(1)), MAX_WAIT_SECONDS) if found else None
 
 
 class ListQuery(BaseModel):
@@ -160,20 +143,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
             raise ValueError("naive timestamp")
         return moment.astimezone(UTC), UUID(job_id)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
-        raise Problem(
-            422,
-            "cursor: not a cursor this service issued",
-            type="/problems/validation-error",
-            title="Request did not validate",
-            errors=[{"loc": ["query", "cursor"], "msg": "not a cursor this service issued"}],
-        ) from None
+        raise Problem.invalid(["query", "cursor"], "not a cursor this service issued") from None
 
 
 # Endpoints
 
 
 async def create_generation(request: Request) -> Response:
-    settings: Settings = request.state.settings
+    state = request.state
+    settings: Settings = state.settings
     data = await read_json_object(request)
     try:
         wanted = GenerationRequest.model_validate(
@@ -181,26 +159,83 @@ async def create_generation(request: Request) -> Response:
         )
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
+    if await state.backlog.full(state.pool):
+        raise Problem(
+            503,
+            f"{state.backlog.limit} or more jobs are waiting; try again later",
+            type="/problems/queue-full",
+            title="Too much work queued",
+            headers={"Retry-After": "5"},
+        )
     animal = wanted.animal or random.choice(ANIMALS)
-    job = await jobs.create(
-        request.state.pool,
-        num_images=wanted.num_images,
-        animal=animal,
-        max_attempts=settings.job_max_attempts,
-    )
-    log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
+    new = {"num_images": wanted.num_images, "animal": animal, "max_attempts": settings.job_max_attempts}
+    replayed = False
+    if key is None:
+        job = await jobs.create(state.pool, **new)
+    else:
+        fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
+        try:
+            job, replayed = await jobs.create_once(
+                state.pool, key=key, fingerprint=fingerprint, ttl=settings.idempotency_ttl, **new
+            )
+        except jobs.IdempotencyConflict:
+            raise Problem(
+                422,
+                "this Idempotency-Key was already used with a different body",
+                type="/problems/idempotency-key-reused",
+                title="Idempotency-Key reused",
+            ) from None
+    if not replayed:
+        log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
+    headers = {"Location": f"/generations/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    wait = requested_wait(request)
+    if wait is not None:
+        job = await events.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
+        headers["Preference-Applied"] = f"wait={wait}"
     return job_response(
-        JobOut.from_job(job, base_url=base_url(request)),
-        status_code=202,
-        headers={"Location": f"/generations/{job.id}"},
+        request, JobOut.from_job(job, base_url=base_url(request)), status_code=202, headers=headers
     )
 
 
 async def get_generation(request: Request) -> Response:
-    job = await jobs.get(request.state.pool, job_id=parse_job_id(request))
+    state = request.state
+    job_id = parse_job_id(request)
+    wait = requested_wait(request)
+    headers = {}
+    if wait is None:
+        job = await jobs.get(state.pool, job_id=job_id)
+    else:
+        job = await events.wait_until_terminal(state.pool, state.watch, job_id=job_id, timeout=wait)
+        headers["Preference-Applied"] = f"wait={wait}"
     if job is None:
         raise Problem(404, "no such job")
-    return job_response(JobOut.from_job(job, base_url=base_url(request)))
+    return job_response(request, JobOut.from_job(job, base_url=base_url(request)), headers=headers)
+
+
+async def job_events(request: Request) -> Response:
+    """Server-Sent Events: the job now, then one event per change, closed once terminal."""
+    state = request.state
+    job_id = parse_job_id(request)
+    if await jobs.get(state.pool, job_id=job_id) is None:
+        raise Problem(404, "no such job")
+    body = events.stream(
+        state.pool,
+        state.watch,
+        job_id=job_id,
+        last_event_id=request.headers.get("last-event-id"),
+        base_url=base_url(request),
+        heartbeat=state.settings.sse_heartbeat,
+    )
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def list_generations(request: Request) -> Response:
@@ -268,7 +303,7 @@ async def cancel_generation(request: Request) -> Response:
             type="/problems/job-finished",
             title="Job already finished",
         )
-    return job_response(JobOut.from_job(job, base_url=base_url(request)))
+    return job_response(request, JobOut.from_job(job, base_url=base_url(request)))
 
 
 async def list_animals(request: Request) -> Response:
@@ -290,55 +325,26 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-# Errors
-
-
-async def on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
-    return problem_response(exc)
-
-
-def allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (Starlette's own 405 names only one route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))
-
-
-async def on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    detail = {404: "no such resource", 405: f"{request.method} is not allowed here"}.get(
-        exc.status_code, str(exc.detail)
-    )
-    headers = exc.headers
-    if exc.status_code == 405:
-        headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
-    return problem_response(Problem(exc.status_code, detail, headers=headers))
-
-
-async def on_database_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("database unavailable: %s", exc, extra={"action": "database_unavailable"})
-    return problem_response(
-        Problem(503, "the database is unavailable; try again shortly", headers={"Retry-After": "1"})
-    )
-
-
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", extra={"action": "request_crashed"})
-    return problem_response(Problem(500, "an unexpected error occurred"))
-
-
 def create_app(settings: Settings) -> Starlette:
     assert settings.database_url, "resolve the database URL before building the app"
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+        watch = events.JobWatch(settings.database_url)
+        listening = asyncio.create_task(watch.listener.run())
         try:
-            yield {"settings": settings, "pool": pool, "migration_ids": migration_ids()}
+            yield {
+                "settings": settings,
+                "pool": pool,
+                "migration_ids": migration_ids(),
+                "watch": watch,
+                "backlog": Backlog(settings.max_pending_jobs),
+            }
         finally:
+            listening.cancel()
+            with suppress(asyncio.CancelledError):
+                await listening
             await pool.close()
 
     routes = [
@@ -346,16 +352,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations", list_generations, methods=["GET"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
+        Route("/generations/{job_id}/events", job_events, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    handlers: dict[Any, Any] = {
-        Problem: on_problem,
-        HTTPException: on_http_exception,
-        Exception: on_unexpected,
-    }
-    for error in db.UNAVAILABLE_ERRORS:
-        handlers[error] = on_database_unavailable
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )

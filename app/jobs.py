@@ -17,6 +17,56 @@ async def create(
     return Job.from_record(await conn.fetchrow(queries.job_insert, num_images, animal, max_attempts))
 
 
+class IdempotencyConflict(Exception):
+    """The key was already used, with a different body."""
+
+
+class _LostRace(Exception):
+    """Another request recorded the same key first; undo this one's job."""
+
+
+async def create_once(
+    pool: asyncpg.Pool,
+    *,
+    key: str,
+    fingerprint: str,
+    ttl: float,
+    num_images: int,
+    animal: str,
+    max_attempts: int,
+) -> tuple[Job, bool]:
+    """Create a job under an Idempotency-Key, or return the job the key already made (True).
+
+    The key is recorded in the job's own transaction. When two requests race with one key,
+    the second waits on the key's unique index, finds it taken, rolls its job back and answers
+    with the first's: never two jobs.
+    """
+    async with pool.acquire() as conn:
+        while True:
+            existing = await conn.fetchrow(queries.idempotency_get, key)
+            if existing is not None:
+                if existing["fingerprint"] != fingerprint:
+                    raise IdempotencyConflict(key)
+                job = await get(conn, job_id=existing["job_id"])
+                if job is not None:
+                    return job, True
+            try:
+                async with conn.transaction():
+                    job = await create(
+                        conn, num_images=num_images, animal=animal, max_attempts=max_attempts
+                    )
+                    if await conn.fetchval(queries.idempotency_claim, key, fingerprint, job.id, ttl) is None:
+                        raise _LostRace
+            except _LostRace:
+                continue
+            return job, False
+
+
+async def pending_count(conn: asyncpg.Connection | asyncpg.Pool, *, cap: int) -> int:
+    """Pending jobs, counted no further than `cap`."""
+    return await conn.fetchval(queries.job_pending_count_capped, cap)
+
+
 async def get(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> Job | None:
     row = await conn.fetchrow(queries.job_get, job_id)
     return None if row is None else Job.from_record(row)

@@ -29,6 +29,10 @@ class JobStatus(StrEnum):
     CANCELED = "canceled"
 
 
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+"""A job never leaves these."""
+
+
 class GenerationRequest(BaseModel):
     """Body of `POST /generations`. Strict: `"3"`, `3.5`, `true` and `null` are not counts.
 

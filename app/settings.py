@@ -6,7 +6,7 @@ Entry points call `load()` once and pass the frozen result down.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     public_base_url: AnyHttpUrl | None = None
     max_images_per_job: int = Field(10, ge=1, le=100)
+    max_pending_jobs: int = Field(10_000, ge=1)
+    idempotency_ttl: PositiveSeconds = 86_400.0
+    sse_heartbeat: PositiveSeconds = 15.0
     db_pool_size: int = Field(10, ge=1, le=200)
 
     image_provider_delay: float = Field(2.0, ge=0)
@@ -43,6 +46,15 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(60.0, ge=0)
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line, for a log shipper."""
+    debugpy_port: int | None = Field(None, ge=1, le=65535)
+    """Listen for a debugger (VS Code "Attach") on this port; needs `pip install debugpy`."""
+
+    retention_days: int = Field(7, ge=0)
+    """Finished jobs and their images are deleted this many days after they finished; 0 keeps
+    them forever."""
+    retention_batch_size: int = Field(500, ge=1, le=10_000)
 
     @field_validator("database_url")
     @classmethod
@@ -55,6 +67,11 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lowercase_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

@@ -158,3 +158,8 @@ SET status = 'canceled',
     updated_at = clock_timestamp()
 WHERE id = $1 AND status IN ('pending', 'processing')
 RETURNING id;
+
+-- name: job_pending_count_capped
+-- How many jobs are pending, counting no further than $1 (reads only the partial index).
+-- $1 cap
+SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT $1) AS capped;

@@ -1,0 +1,51 @@
+"""Request ids: taken from `X-Request-ID` (when sane) or made, echoed on the response, and
+attached to every log record and problem body written while the request is handled."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "x-request-id"
+_SANE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+current: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+        text = given.decode("latin-1")
+        request_id = text if _SANE.fullmatch(text) else uuid.uuid4().hex
+        token = current.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to records logged while a request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True

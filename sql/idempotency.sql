@@ -1,0 +1,28 @@
+-- Queries on idempotency_keys. POST /generations with an Idempotency-Key runs
+-- idempotency_get, then (in one transaction) job_insert and idempotency_claim.
+
+-- name: idempotency_get
+-- The live record of a key: its body fingerprint and job.
+-- $1 key
+SELECT fingerprint, job_id FROM idempotency_keys WHERE key = $1 AND expires_at > now();
+
+-- name: idempotency_claim
+-- Records a key for a job just inserted in the same transaction, replacing an expired record.
+-- Returns no row when a live record exists (a concurrent request won the race): the caller
+-- rolls back its job and answers with the winner's.
+-- $1 key, $2 fingerprint, $3 job_id, $4 ttl in seconds
+INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+ON CONFLICT (key) DO UPDATE
+SET fingerprint = EXCLUDED.fingerprint,
+    job_id = EXCLUDED.job_id,
+    created_at = now(),
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_keys.expires_at <= now()
+RETURNING job_id;
+
+-- name: idempotency_delete_expired
+-- Forgets expired keys, at most $1 at a time.
+-- $1 how many
+DELETE FROM idempotency_keys
+WHERE key IN (SELECT key FROM idempotency_keys WHERE expires_at <= now() LIMIT $1);

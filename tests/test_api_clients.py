@@ -1,0 +1,194 @@
+"""What API clients expect: idempotent retries, waiting instead of polling, backpressure,
+conditional GET and request ids. In process, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app import generation
+from app.api import create_app
+from app.providers.local import LocalProvider
+from app.settings import Settings
+from app.worker import Timing, Worker
+
+
+async def job_count(pool: asyncpg.Pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM jobs")
+
+
+async def post(client: httpx.AsyncClient, body: dict, **headers: str) -> httpx.Response:
+    return await client.post("/generations", json=body, headers=headers)
+
+
+# Idempotency-Key
+
+
+async def test_two_concurrent_posts_with_one_idempotency_key_make_one_job(client, pool):
+    """Two requests racing with the same Idempotency-Key and body get the same job; one row."""
+    first, second = await asyncio.gather(
+        post(client, {"numImages": 2}, **{"Idempotency-Key": "race-1"}),
+        post(client, {"numImages": 2}, **{"Idempotency-Key": "race-1"}),
+    )
+    assert first.status_code == second.status_code == 202
+    assert first.json()["jobId"] == second.json()["jobId"]
+    assert await job_count(pool) == 1
+
+
+async def test_a_retried_post_returns_the_same_job_and_says_so(client, pool):
+    """A retry with the same key and body answers with the original job, marked replayed."""
+    first = await post(client, {"numImages": 1, "animal": "owl"}, **{"Idempotency-Key": "k-1"})
+    again = await post(client, {"animal": "owl", "numImages": 1}, **{"Idempotency-Key": "k-1"})
+    assert again.status_code == 202 and again.json()["jobId"] == first.json()["jobId"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["location"] == first.headers["location"]
+    assert await job_count(pool) == 1
+
+
+async def test_a_key_reused_with_another_body_is_refused(client, pool):
+    """The same key with a different body answers 422 problem+json and creates nothing."""
+    await post(client, {"numImages": 1}, **{"Idempotency-Key": "k-2"})
+    other = await post(client, {"numImages": 2}, **{"Idempotency-Key": "k-2"})
+    assert other.status_code == 422
+    assert other.headers["content-type"] == "application/problem+json"
+    assert other.json()["type"] == "/problems/idempotency-key-reused"
+    assert await job_count(pool) == 1
+
+
+async def test_an_expired_key_can_be_used_again(client, pool):
+    """Once a key is older than IDEMPOTENCY_TTL, the same key makes a new job."""
+    first = await post(client, {"numImages": 1}, **{"Idempotency-Key": "k-3"})
+    await pool.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+    second = await post(client, {"numImages": 1}, **{"Idempotency-Key": "k-3"})
+    assert second.json()["jobId"] != first.json()["jobId"]
+    assert await job_count(pool) == 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+async def test_an_empty_or_overlong_key_is_a_bad_request(client, pool, key):
+    """An Idempotency-Key that is empty or over 255 characters answers 400 and creates nothing."""
+    response = await post(client, {"numImages": 1}, **{"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert await job_count(pool) == 0
+
+
+# Prefer: wait
+
+
+@pytest.fixture
+async def worker(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[Worker]:
+    """An in-process worker whose images take 0.25 s each."""
+    running = Worker(
+        pool=pool,
+        listen_url=database_url,
+        handler=generation.handler(pool, LocalProvider(delay=0.25, size=64)),
+        concurrency=2,
+        timing=Timing(poll_interval=3600),
+    )
+    task = asyncio.create_task(running.run())
+    await asyncio.wait_for(running.listener.connected.wait(), 10)
+    yield running
+    running.stop()
+    running.stop()
+    await task
+
+
+async def test_prefer_wait_returns_the_finished_job_in_one_round_trip(client, worker):
+    """`Prefer: wait=5` on POST holds the answer until a 1 s job completes, and says so."""
+    started = time.monotonic()
+    response = await post(client, {"numImages": 4}, Prefer="wait=5")
+    assert response.status_code == 202
+    assert response.json()["status"] == "completed"
+    assert len(response.json()["imageUrls"]) == 4
+    assert response.headers["preference-applied"] == "wait=5"
+    assert time.monotonic() - started < 5
+
+
+async def test_prefer_wait_on_get_returns_the_current_job_when_time_runs_out(client, worker):
+    """`Prefer: wait=1` on GET of a job that needs longer answers after about a second with the
+    job still running; a GET without the preference answers at once."""
+    created = await post(client, {"numImages": 10})
+    location = created.headers["location"]
+    started = time.monotonic()
+    waited = await client.get(location, headers={"Prefer": "wait=1"})
+    elapsed = time.monotonic() - started
+    assert waited.status_code == 200 and waited.json()["status"] in {"pending", "processing"}
+    assert waited.headers["preference-applied"] == "wait=1"
+    assert 0.9 <= elapsed < 3
+    plain = await client.get(location)
+    assert "preference-applied" not in plain.headers
+
+
+async def test_prefer_wait_on_get_wakes_when_the_job_finishes(client, worker):
+    """A GET waiting on a job returns as soon as it is completed, not at the end of the wait."""
+    location = (await post(client, {"numImages": 2})).headers["location"]
+    started = time.monotonic()
+    response = await client.get(location, headers={"Prefer": "wait=30"})
+    assert response.json()["status"] == "completed"
+    assert time.monotonic() - started < 10
+
+
+# Backpressure
+
+
+@pytest.fixture
+async def small_queue_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with MAX_PENDING_JOBS=3."""
+    app = create_app(settings.model_copy(update={"max_pending_jobs": 3}))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
+            yield http
+
+
+async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_below(
+    small_queue_client, pool
+):
+    """With MAX_PENDING_JOBS pending, POST answers 503 problem+json with Retry-After and writes
+    nothing; once the queue drains below the limit, POST is accepted again."""
+    for _ in range(3):
+        assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
+    await asyncio.sleep(1.1)  # the pending count is re-read at most once a second
+    refused = await post(small_queue_client, {"numImages": 1})
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) > 0
+    assert await job_count(pool) == 3
+    await pool.execute("UPDATE jobs SET status = 'canceled' WHERE id IN (SELECT id FROM jobs LIMIT 1)")
+    await asyncio.sleep(1.1)
+    assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
+
+
+# Conditional GET and request ids
+
+
+async def test_a_job_carries_an_etag_and_if_none_match_gets_304_until_it_changes(client, pool):
+    """GET of a job has an ETag; sending it back answers 304 with no body, and once the job
+    changes the same ETag gets the new job with a new ETag."""
+    location = (await post(client, {"numImages": 1})).headers["location"]
+    first = await client.get(location)
+    etag = first.headers["etag"]
+    cached = await client.get(location, headers={"If-None-Match": etag})
+    assert cached.status_code == 304 and cached.content == b""
+    await pool.execute("UPDATE jobs SET status = 'canceled', updated_at = now()")
+    changed = await client.get(location, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+async def test_request_ids_are_echoed_or_made_and_appear_in_problems(client):
+    """A sane X-Request-ID is echoed; without one the server makes one; problem bodies carry it."""
+    given = await client.get("/animals", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = await client.get("/animals")
+    assert len(made.headers["x-request-id"]) >= 16
+    problem = await client.get("/generations/nope", headers={"X-Request-ID": "trace-9"})
+    assert problem.json()["requestId"] == "trace-9"
+    insane = await client.get("/animals", headers={"X-Request-ID": "bad id with spaces"})
+    assert insane.headers["x-request-id"] != "bad id with spaces"
