@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
+import importlib.util
 import json
 import logging
 import random
@@ -13,7 +12,9 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any, TypedDict
 from uuid import UUID
 
@@ -22,13 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
-from app import db, events, images, jobs
+from app import api_docs, cursors, db, events, images, jobs, openapi
 from app.animals import ANIMALS
 from app.migrate import migration_ids
 from app.models import GenerationRequest, JobOut, JobStatus
+from app.openapi import documented
 from app.problems import Problem, exception_handlers, validation_problem
 from app.request_ids import RequestIdMiddleware
 from app.settings import Settings
@@ -129,26 +133,17 @@ class ListQuery(BaseModel):
     cursor: str | None = None
 
 
-def encode_cursor(created_at: datetime, job_id: UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(job_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = json.loads(raw)
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return moment.astimezone(UTC), UUID(job_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        return cursors.decode(cursor)
+    except ValueError:
         raise Problem.invalid(["query", "cursor"], "not a cursor this service issued") from None
 
 
 # Endpoints
 
 
+@documented(api_docs.CREATE_GENERATION)
 async def create_generation(request: Request) -> Response:
     state = request.state
     settings: Settings = state.settings
@@ -167,7 +162,6 @@ async def create_generation(request: Request) -> Response:
             503,
             f"{state.backlog.limit} or more jobs are waiting; try again later",
             type="/problems/queue-full",
-            title="Too much work queued",
             headers={"Retry-After": "5"},
         )
     animal = wanted.animal or random.choice(ANIMALS)
@@ -186,7 +180,6 @@ async def create_generation(request: Request) -> Response:
                 422,
                 "this Idempotency-Key was already used with a different body",
                 type="/problems/idempotency-key-reused",
-                title="Idempotency-Key reused",
             ) from None
     if not replayed:
         log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
@@ -202,6 +195,7 @@ async def create_generation(request: Request) -> Response:
     )
 
 
+@documented(api_docs.GET_GENERATION)
 async def get_generation(request: Request) -> Response:
     state = request.state
     job_id = parse_job_id(request)
@@ -217,6 +211,7 @@ async def get_generation(request: Request) -> Response:
     return job_response(request, JobOut.from_job(job, base_url=base_url(request)), headers=headers)
 
 
+@documented(api_docs.JOB_EVENTS)
 async def job_events(request: Request) -> Response:
     """Server-Sent Events: the job now, then one event per change, closed once terminal."""
     state = request.state
@@ -238,6 +233,7 @@ async def job_events(request: Request) -> Response:
     )
 
 
+@documented(api_docs.LIST_GENERATIONS)
 async def list_generations(request: Request) -> Response:
     try:
         query = ListQuery.model_validate(dict(request.query_params))
@@ -251,7 +247,7 @@ async def list_generations(request: Request) -> Response:
     if len(page) > query.limit:
         page = page[: query.limit]
         last = page[-1]
-        next_url = request.url.include_query_params(cursor=encode_cursor(last.created_at, last.id))
+        next_url = request.url.include_query_params(cursor=cursors.encode(last.created_at, last.id))
         if request.state.settings.public_base_url:
             next_url = f"{base_url(request)}{next_url.path}?{next_url.query}"
         headers["Link"] = f'<{next_url}>; rel="next"'
@@ -260,6 +256,7 @@ async def list_generations(request: Request) -> Response:
     return Response(body, headers=headers, media_type="application/json")
 
 
+@documented(api_docs.GET_IMAGE)
 async def get_image(request: Request) -> Response:
     job_id = parse_job_id(request)
     name: str = request.path_params["name"]
@@ -286,6 +283,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+@documented(api_docs.CANCEL_GENERATION)
 async def cancel_generation(request: Request) -> Response:
     """Cancel a pending or processing job; repeating it is harmless; a finished job is 409."""
     pool = request.state.pool
@@ -301,19 +299,54 @@ async def cancel_generation(request: Request) -> Response:
             409,
             f"the job already {job.status.value}; only pending or processing jobs can be canceled",
             type="/problems/job-finished",
-            title="Job already finished",
         )
     return job_response(request, JobOut.from_job(job, base_url=base_url(request)))
 
 
+@documented(api_docs.LIST_ANIMALS)
 async def list_animals(request: Request) -> Response:
     return JSONResponse(list(ANIMALS))
 
 
+async def openapi_document(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>menagerie API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-init.js"></script>
+</body></html>"""
+
+DOCS_INIT = 'SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", deepLinking: true});'
+
+REDOC_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>menagerie API</title></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="/redoc/static/redoc.standalone.js"></script>
+</body></html>"""
+
+
+async def swagger_ui(request: Request) -> Response:
+    return HTMLResponse(DOCS_PAGE)
+
+
+async def swagger_init(request: Request) -> Response:
+    return Response(DOCS_INIT, media_type="text/javascript")
+
+
+async def redoc(request: Request) -> Response:
+    return HTMLResponse(REDOC_PAGE)
+
+
+@documented(api_docs.HEALTHZ)
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+@documented(api_docs.READYZ)
 async def readyz(request: Request) -> Response:
     try:
         async with request.state.pool.acquire(timeout=2) as conn:
@@ -357,10 +390,39 @@ def create_app(settings: Settings) -> Starlette:
         Route("/animals", list_animals, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_document, methods=["GET"]),
+        Route("/docs", swagger_ui, methods=["GET"]),
+        Route("/docs/swagger-init.js", swagger_init, methods=["GET"]),
+        Mount("/docs/static", StaticFiles(directory=swagger_ui_path)),
+        Route("/redoc", redoc, methods=["GET"]),
+        Mount("/redoc/static", StaticFiles(directory=redoc_assets())),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    app.state.openapi = openapi.build(
+        routes,
+        title="menagerie",
+        version=version("menagerie"),
+        description=API_DESCRIPTION,
+        max_images=settings.max_images_per_job,
+    )
+    return app
+
+
+API_DESCRIPTION = (
+    "Ask for N images of an animal, get a job id back at once, and follow the job from "
+    "`pending` through `processing` to `completed` by polling, by `Prefer: wait`, or as "
+    "Server-Sent Events. Errors are RFC 9457 `application/problem+json`."
+)
+
+
+def redoc_assets() -> str:
+    """ReDoc's standalone bundle, shipped by the fastapi-offline package (only its static
+    folder is used; nothing of it is imported)."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    assert spec is not None and spec.submodule_search_locations
+    return str(Path(spec.submodule_search_locations[0]) / "static")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -34,15 +35,20 @@ TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED}
 
 
 class GenerationRequest(BaseModel):
-    """Body of `POST /generations`. Strict: `"3"`, `3.5`, `true` and `null` are not counts.
+    """Body of `POST /generations`. Strict: `"3"`, `3.5`, `true` and `null` are not counts."""
 
-    Validate with `context={"max_images": N}` to apply the configured maximum.
-    """
+    # Validate with context={"max_images": N} to apply the configured maximum.
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"numImages": 3}]}
+    )
 
-    num_images: int = Field(alias="numImages", ge=1)
-    animal: str | None = None
+    num_images: int = Field(alias="numImages", ge=1, description="How many images, 1 to MAX_IMAGES_PER_JOB")
+    animal: str | None = Field(
+        None,
+        description="One of GET /animals; chosen at random when absent",
+        json_schema_extra={"enum": [*ANIMALS, None]},
+    )
 
     @field_validator("num_images")
     @classmethod
@@ -84,10 +90,29 @@ class Job(BaseModel):
         return cls.model_validate(dict(record))
 
 
-class JobOut(BaseModel):
-    """The job object of API.md."""
+EXAMPLE_JOB = {
+    "jobId": "6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11",
+    "status": "completed",
+    "numImages": 2,
+    "animal": "bear",
+    "imageUrls": [
+        "http://localhost:8000/images/6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11/0.png",
+        "http://localhost:8000/images/6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11/1.png",
+    ],
+    "createdAt": "2026-11-27T10:30:00.123456+00:00",
+    "updatedAt": "2026-11-27T10:30:04.456789+00:00",
+    "error": None,
+    "attempts": 1,
+    "startedAt": "2026-11-27T10:30:00.125002+00:00",
+    "finishedAt": "2026-11-27T10:30:04.456789+00:00",
+}
 
-    model_config = ConfigDict(serialize_by_alias=True)
+
+class JobOut(BaseModel):
+    """A generation job. `imageUrls` lists the images finished so far; exactly `numImages`
+    once `completed`. `completed`, `failed` and `canceled` are terminal."""
+
+    model_config = ConfigDict(serialize_by_alias=True, json_schema_extra={"examples": [EXAMPLE_JOB]})
 
     job_id: UUID = Field(serialization_alias="jobId")
     status: JobStatus
@@ -116,3 +141,39 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
         )
+
+
+PROBLEM_TITLES = {
+    "/problems/validation-error": "Request did not validate",
+    "/problems/invalid-json": "Body is not a JSON object",
+    "/problems/queue-full": "Too much work queued",
+    "/problems/idempotency-key-reused": "Idempotency-Key reused",
+    "/problems/job-finished": "Job already finished",
+}
+"""Every problem type this service answers besides `about:blank`, with its title."""
+
+
+def problem_title(problem_type: str, status: int) -> str:
+    return PROBLEM_TITLES.get(problem_type) or HTTPStatus(status).phrase
+
+
+class ProblemError(BaseModel):
+    loc: list[str]
+    msg: str
+
+
+class ProblemOut(BaseModel):
+    """An error, as RFC 9457 application/problem+json."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    type: str = Field(description="`about:blank` or one of /problems/…", examples=["about:blank"])
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | None = Field(None, description="Validation failures (422)")
+    request_id: str | None = Field(
+        None, serialization_alias="requestId", description="The request's X-Request-ID"
+    )
+
+    title_for = staticmethod(problem_title)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from app import db, request_ids
+from app.models import problem_title
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ class Problem(Exception):
         detail: str,
         *,
         type: str = "about:blank",
-        title: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -36,7 +35,7 @@ class Problem(Exception):
         self.status = status
         self.detail = detail
         self.type = type
-        self.title = title or HTTPStatus(status).phrase
+        self.title = problem_title(type, status)
         self.errors = errors
         self.headers = headers
 
@@ -47,7 +46,6 @@ class Problem(Exception):
             422,
             f"{loc[-1]}: {msg}",
             type="/problems/validation-error",
-            title="Request did not validate",
             errors=[{"loc": loc, "msg": msg}],
         )
 

@@ -1,0 +1,293 @@
+"""What each endpoint documents in the OpenAPI document: parameters, bodies, every status
+with an example. Attached to the endpoints in app/api.py with `@documented(...)`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+from app import cursors
+from app.models import EXAMPLE_JOB, GenerationRequest, JobOut
+from app.openapi import Header, Operation, Param, Reply
+
+UUID_SCHEMA = {"type": "string"}
+JOB_ID = Param(
+    "job_id",
+    "path",
+    "The job's id (a UUID; anything else is simply not found)",
+    UUID_SCHEMA,
+    "6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11",
+)
+PREFER = Param(
+    "Prefer",
+    "header",
+    "`wait=N` (N ≤ 60): answer once the job is terminal, or after N seconds",
+    {"type": "string"},
+    "wait=5",
+)
+IF_NONE_MATCH = Param(
+    "If-None-Match", "header", "An ETag from an earlier answer: 304 if unchanged", {"type": "string"},
+    '"6b1c0f5e9d1f3c0a2e7b8d9c0a1b2c3d"',
+)
+REQUEST_ID = Header("Echoed X-Request-ID, or one made for this request", "4bf92f3577b34da6a3ce929d0e0e4736")
+JOB_ETAG = Header("Strong validator of this representation of the job", '"6b1c0f5e9d1f3c0a2e7b8d9c0a1b2c3d"')
+LOCATION = Header("Where the job can be read", "/generations/6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11")
+APPLIED = Header("Present when `Prefer: wait` was honoured", "wait=5")
+RETRY_AFTER = Header("Seconds to wait before retrying", "1", {"type": "string", "pattern": "^[0-9]+$"})
+
+NOT_FOUND = Reply("No such job", problems={"about:blank": "no such job"})
+UNAVAILABLE = Reply(
+    "The database is unavailable (or, for POST, too much work is queued)",
+    problems={"about:blank": "the database is unavailable; try again shortly"},
+    headers={"Retry-After": RETRY_AFTER},
+)
+JOB_REPLY = Reply(
+    "The job", model=JobOut, example=EXAMPLE_JOB, headers={"ETag": JOB_ETAG, "X-Request-ID": REQUEST_ID}
+)
+NOT_MODIFIED = Reply("The job has not changed since the ETag sent", headers={"ETag": JOB_ETAG})
+
+CREATE_GENERATION = Operation(
+    summary="Create a generation job",
+    description=(
+        "Queues a job for `numImages` images of an animal and answers at once with the pending "
+        "job. Send `Idempotency-Key` to make retries safe, `Prefer: wait=N` to wait for the "
+        "result."
+    ),
+    params=(
+        Param(
+            "Idempotency-Key",
+            "header",
+            "Retrying with the same key and body returns the same job; 1–255 characters",
+            {"type": "string", "minLength": 1, "maxLength": 255},
+            "5d1c5cbe-order-42",
+        ),
+        PREFER,
+    ),
+    body=GenerationRequest,
+    body_examples={"three images": {"numImages": 3}, "a chosen animal": {"numImages": 2, "animal": "owl"}},
+    replies={
+        202: Reply(
+            "Accepted: the job (completed already when `Prefer: wait` allowed it)",
+            model=JobOut,
+            example={**EXAMPLE_JOB, "status": "pending", "imageUrls": [], "attempts": 0,
+                     "startedAt": None, "finishedAt": None},
+            headers={
+                "Location": LOCATION,
+                "ETag": JOB_ETAG,
+                "Idempotent-Replayed": Header("`true` when this is the job an earlier request made", "true"),
+                "Preference-Applied": APPLIED,
+                "X-Request-ID": REQUEST_ID,
+            },
+        ),
+        400: Reply(
+            "The body is not a JSON object, or the Idempotency-Key is malformed",
+            problems={"/problems/invalid-json": "the body must be a JSON object"},
+        ),
+        413: Reply("The body is over 64 KiB", problems={"about:blank": "the body must be at most 65536 bytes"}),
+        415: Reply("The body is not JSON", problems={"about:blank": "send the body as application/json"}),
+        422: Reply(
+            "A field is missing, of the wrong type or out of range, or the Idempotency-Key was "
+            "used with another body",
+            problems={
+                "/problems/validation-error": "numImages: Input should be less than or equal to 10",
+                "/problems/idempotency-key-reused": "this Idempotency-Key was already used with a different body",
+            },
+        ),
+        503: Reply(
+            "Too much work is queued (MAX_PENDING_JOBS), or the database is unavailable",
+            problems={
+                "/problems/queue-full": "10000 or more jobs are waiting; try again later",
+                "about:blank": "the database is unavailable; try again shortly",
+            },
+            headers={"Retry-After": RETRY_AFTER},
+        ),
+    },
+)
+
+GET_GENERATION = Operation(
+    summary="Read a job",
+    description="The job as it is now; with `Prefer: wait=N`, once it is terminal or after N seconds.",
+    params=(JOB_ID, PREFER, IF_NONE_MATCH),
+    replies={
+        200: Reply(
+            JOB_REPLY.description,
+            model=JobOut,
+            example=EXAMPLE_JOB,
+            headers={**JOB_REPLY.headers, "Preference-Applied": APPLIED},
+        ),
+        304: NOT_MODIFIED,
+        404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
+LIST_GENERATIONS = Operation(
+    summary="List jobs, newest first",
+    description=(
+        "A page of jobs. When there are more, a `Link: <…>; rel=\"next\"` header gives the next "
+        "page's URL. Unknown query parameters are ignored."
+    ),
+    params=(
+        Param("limit", "query", "Jobs per page", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, 20),
+        Param(
+            "status",
+            "query",
+            "Only jobs in this status",
+            {"type": "string", "enum": ["pending", "processing", "completed", "failed", "canceled"]},
+            "completed",
+        ),
+        Param(
+            "cursor",
+            "query",
+            "Where the page starts: copy it from a `next` link; any other value is a 422",
+            {"type": "string"},
+            cursors.encode(datetime(2026, 11, 27, 10, 30, tzinfo=UTC), UUID(EXAMPLE_JOB["jobId"])),
+        ),
+    ),
+    replies={
+        200: Reply(
+            "The page of jobs",
+            model=JobOut,
+            many=True,
+            example=[EXAMPLE_JOB],
+            headers={
+                "Link": Header(
+                    "The next page, when there is one",
+                    '<http://localhost:8000/generations?limit=20&cursor=WyIy…>; rel="next"',
+                ),
+                "X-Request-ID": REQUEST_ID,
+            },
+        ),
+        422: Reply(
+            "A query parameter is invalid",
+            problems={"/problems/validation-error": "limit: Input should be less than or equal to 500"},
+        ),
+        503: UNAVAILABLE,
+    },
+)
+
+CANCEL_GENERATION = Operation(
+    summary="Cancel a job",
+    description=(
+        "A pending job is canceled at once; a processing one is stopped on its worker within a "
+        "second. Canceling a canceled job again is harmless."
+    ),
+    params=(JOB_ID,),
+    replies={
+        200: Reply(
+            "The canceled job",
+            model=JobOut,
+            example={**EXAMPLE_JOB, "status": "canceled", "imageUrls": EXAMPLE_JOB["imageUrls"][:1]},
+            headers={"ETag": JOB_ETAG, "X-Request-ID": REQUEST_ID},
+        ),
+        404: NOT_FOUND,
+        409: Reply(
+            "The job already completed or failed",
+            problems={"/problems/job-finished": "the job already completed; only pending or processing jobs can be canceled"},
+        ),
+        503: UNAVAILABLE,
+    },
+)
+
+JOB_EVENTS = Operation(
+    summary="Follow a job as Server-Sent Events",
+    description=(
+        "One `job` event with the job at once, then `status` and `image` events as it changes "
+        "(each carrying the whole job as JSON), closed after a terminal status. Comments keep "
+        "idle streams open. Reconnect with `Last-Event-ID` to be sent only what was missed."
+    ),
+    params=(
+        JOB_ID,
+        Param("Last-Event-ID", "header", "The id of the last event received", {"type": "string"}, "processing.1"),
+    ),
+    replies={
+        200: Reply(
+            "The event stream; each event's data is the whole job",
+            content={"text/event-stream": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["job", "status", "image"]},
+                    "id": {"type": "string", "pattern": "^[a-z]+\\.[0-9]+$"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/JobOut"},
+                    },
+                },
+                "required": ["event", "id", "data"],
+            }},
+            example=(
+                'event: job\nid: pending.0\ndata: {"jobId": "6f1c…", "status": "pending", …}\n\n'
+                'event: status\nid: processing.0\ndata: {…}\n\n'
+                'event: image\nid: processing.1\ndata: {…}\n\n'
+                'event: status\nid: completed.2\ndata: {…}\n\n'
+            ),
+        ),
+        404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
+GET_IMAGE = Operation(
+    summary="Download an image",
+    tag="images",
+    description="A PNG listed in a job's `imageUrls`. Immutable: cache it forever.",
+    params=(
+        JOB_ID,
+        Param("name", "path", "`{index}.png`, the index counting from 0", {"type": "string"}, "0.png"),
+        IF_NONE_MATCH,
+    ),
+    replies={
+        200: Reply(
+            "The PNG",
+            content={"image/png": {"type": "string", "contentMediaType": "image/png"}},
+            headers={
+                "ETag": Header("sha256 of the PNG", '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'),
+                "Cache-Control": Header("Immutable", "public, max-age=31536000, immutable"),
+            },
+        ),
+        304: Reply("Not modified", headers={"ETag": Header("sha256 of the PNG", '"9f86…"')}),
+        404: Reply("No such image", problems={"about:blank": "no such image"}),
+        503: UNAVAILABLE,
+    },
+)
+
+LIST_ANIMALS = Operation(
+    summary="The animal catalogue",
+    tag="catalogue",
+    description="The animals a job may ask for; without one, a job gets one of these at random.",
+    replies={
+        200: Reply(
+            "Animal names",
+            content={"application/json": {"type": "array", "items": {"type": "string"}}},
+            example=["bear", "cat", "dog"],
+        )
+    },
+)
+
+STATUS_SCHEMA = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}},
+    "required": ["status"],
+}
+
+HEALTHZ = Operation(
+    summary="Liveness",
+    tag="operations",
+    description="The process is up (it does not touch the database).",
+    replies={200: Reply("Up", content={"application/json": STATUS_SCHEMA}, example={"status": "ok"})},
+)
+
+READYZ = Operation(
+    summary="Readiness",
+    tag="operations",
+    description="The database answers and its schema is migrated.",
+    replies={
+        200: Reply("Ready", content={"application/json": STATUS_SCHEMA}, example={"status": "ready"}),
+        503: Reply(
+            "Not ready",
+            problems={"about:blank": "the database schema is not migrated"},
+            headers={"Retry-After": RETRY_AFTER},
+        ),
+    },
+)

@@ -1,0 +1,175 @@
+"""The OpenAPI 3.1 document, generated from the routes and the pydantic models.
+
+Each endpoint carries an `Operation` (attached with `@documented(...)` beside its code); the
+document is built by walking the app's routes, so a route without documentation, or
+documentation without a route, cannot happen silently. Schemas come from the models
+themselves (`model_json_schema`), never from a hand-kept copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.routing import BaseRoute, Route
+
+from app.models import GenerationRequest, JobOut, ProblemOut
+
+F = TypeVar("F", bound=Callable[..., Any])
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["path", "query", "header"]
+    description: str
+    schema: dict[str, Any]
+    example: Any
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Header:
+    description: str
+    example: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response: a JSON body of `model` (or `many` of them), a problem of one of
+    `problems` (type -> example detail), or raw `content` (media type -> schema)."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    many: bool = False
+    problems: dict[str, str] = field(default_factory=dict)
+    content: dict[str, dict[str, Any]] = field(default_factory=dict)
+    example: Any = None
+    headers: dict[str, Header] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    description: str
+    replies: dict[int, Reply]
+    tag: str = "generations"
+    params: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    body_examples: dict[str, Any] = field(default_factory=dict)
+
+
+def documented(operation: Operation) -> Callable[[F], F]:
+    """Attach `operation` to an endpoint function."""
+
+    def attach(endpoint: F) -> F:
+        endpoint.openapi = operation  # type: ignore[attr-defined]
+        return endpoint
+
+    return attach
+
+
+def _problem_reply(status: int, reply: Reply) -> dict[str, Any]:
+    examples = {
+        problem_type.rsplit("/", 1)[-1].replace(":", "-"): {
+            "value": {
+                "type": problem_type,
+                "title": ProblemOut.title_for(problem_type, status),
+                "status": status,
+                "detail": detail,
+                "requestId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                **({"errors": [{"loc": ["body", "numImages"], "msg": detail}]} if status == 422 else {}),
+            }
+        }
+        for problem_type, detail in reply.problems.items()
+    }
+    return {"application/problem+json": {"schema": {"$ref": REF.format(model="ProblemOut")}, "examples": examples}}
+
+
+def _reply(status: int, reply: Reply) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"description": reply.description}
+    if reply.problems:
+        rendered["content"] = _problem_reply(status, reply)
+    elif reply.model is not None:
+        schema: dict[str, Any] = {"$ref": REF.format(model=reply.model.__name__)}
+        if reply.many:
+            schema = {"type": "array", "items": schema}
+        rendered["content"] = {"application/json": {"schema": schema, "example": reply.example}}
+    elif reply.content:
+        rendered["content"] = {
+            media: {"schema": schema, **({"example": reply.example} if reply.example is not None else {})}
+            for media, schema in reply.content.items()
+        }
+    if reply.headers:
+        rendered["headers"] = {
+            name: {"description": header.description, "schema": header.schema, "example": header.example}
+            for name, header in reply.headers.items()
+        }
+    return rendered
+
+
+def _operation(op: Operation, operation_id: str) -> dict[str, Any]:
+    rendered: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": op.summary,
+        "description": op.description,
+        "tags": [op.tag],
+        "responses": {str(status): _reply(status, reply) for status, reply in sorted(op.replies.items())},
+    }
+    if op.params:
+        rendered["parameters"] = [
+            {
+                "name": param.name,
+                "in": param.where,
+                "required": param.required or param.where == "path",
+                "description": param.description,
+                "schema": param.schema,
+                "example": param.example,
+            }
+            for param in op.params
+        ]
+    if op.body is not None:
+        rendered["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": REF.format(model=op.body.__name__)},
+                    "examples": {name: {"value": value} for name, value in op.body_examples.items()},
+                }
+            },
+        }
+    return rendered
+
+
+def _schemas(models: Iterable[tuple[type[BaseModel], Literal["validation", "serialization"]]]) -> dict[str, Any]:
+    _, top = models_json_schema(list(models), ref_template=REF)
+    return top.get("$defs", {})
+
+
+def build(
+    routes: Iterable[BaseRoute], *, title: str, version: str, description: str, max_images: int
+) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route) or route.methods is None:
+            continue
+        op: Operation | None = getattr(route.endpoint, "openapi", None)
+        if op is None:
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            paths.setdefault(route.path, {})[method.lower()] = _operation(op, route.endpoint.__name__)
+    schemas = _schemas(
+        [(GenerationRequest, "validation"), (JobOut, "serialization"), (ProblemOut, "serialization")]
+    )
+    schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": description},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
