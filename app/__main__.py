@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_all(config: settings.Settings) -> int:
     """Start the server and one worker (and the embedded PostgreSQL when DATABASE_URL is
     unset); on Ctrl-C or SIGTERM stop them all, in order, and return the exit code."""
-    config = prepare(config)
+    config = prepare(config.model_copy(update={"debugpy_port": None}))
     env = {**os.environ, "DATABASE_URL": config.database_url or "", "AUTO_MIGRATE": "false"}
+    # One port cannot serve two debuggees: with DEBUGPY_PORT set, only the worker listens.
+    server_env = {key: value for key, value in env.items() if key != "DEBUGPY_PORT"}
     children = [
-        subprocess.Popen([sys.executable, str(ROOT / script)], env=env, start_new_session=True)
-        for script in ("server.py", "worker.py")
+        subprocess.Popen([sys.executable, str(ROOT / script)], env=child_env, start_new_session=True)
+        for script, child_env in (("server.py", server_env), ("worker.py", env))
     ]
     stopping = False
 

@@ -1,10 +1,21 @@
-"""Logging: one line per event, with the record's `action` and `job_id` when it has them."""
+"""Logging: one line per event, with the record's `action` and `job_id` when it has them.
+
+LOG_FORMAT=text (the default) is for people; LOG_FORMAT=json writes one JSON object per line
+for a log shipper, with the fields in `JSON_FIELDS` when the record has them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime, timezone
 
-_FIELDS = ("action", "job_id")
+from app.request_ids import RequestIdLogFilter
+
+_FIELDS = ("action", "job_id", "request_id")
+JSON_FIELDS = ("action", "job_id", "request_id", "worker_id")
+"""The `extra=` fields a JSON line carries. Listed, never "every extra", so that nothing large
+or private (image bytes) reaches the logs by accident."""
 
 
 class TextFormatter(logging.Formatter):
@@ -17,9 +28,33 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(extras)}]" if extras else line
 
 
-def configure(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        entry = {
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (field, getattr(record, field)) for field in JSON_FIELDS if hasattr(record, field)
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+_FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
+
+
+def configure(level: str, fmt: str = "text") -> None:
+    """Send every record to stderr at `level` and above, formatted as `fmt` (text or json)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(TextFormatter())
+    handler.setFormatter(_FORMATTERS[fmt]())
+    handler.addFilter(RequestIdLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

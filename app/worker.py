@@ -24,7 +24,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app import db, generation, queue
+from app import db, generation, queue, retention
 from app.db import CANCEL_CHANNEL, JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
 from app.models import Job
 from app.providers.local import LocalProvider
@@ -393,7 +393,16 @@ async def serve(settings: Settings, *, make_handler: HandlerFactory = generation
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
+    sweeping = asyncio.create_task(
+        retention.run_forever(
+            pool,
+            older_than_days=settings.retention_days,
+            batch_size=settings.retention_batch_size,
+        )
+    )
     try:
         await worker.run()
     finally:
+        sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)
         await pool.close()

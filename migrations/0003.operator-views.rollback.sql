@@ -1,0 +1,15 @@
+DROP INDEX jobs_finished_idx;
+COMMENT ON COLUMN workers.started_at IS NULL;
+COMMENT ON COLUMN workers.concurrency IS NULL;
+COMMENT ON COLUMN workers.pid IS NULL;
+COMMENT ON COLUMN workers.host IS NULL;
+COMMENT ON COLUMN workers.id IS NULL;
+COMMENT ON COLUMN jobs.updated_at IS NULL;
+COMMENT ON COLUMN jobs.created_at IS NULL;
+COMMENT ON COLUMN jobs.max_attempts IS NULL;
+COMMENT ON COLUMN jobs.num_images IS NULL;
+COMMENT ON COLUMN jobs.id IS NULL;
+DROP VIEW live_workers;
+DROP VIEW recent_failures;
+DROP VIEW stuck_jobs;
+DROP VIEW queue_summary;
