@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 from uuid import UUID
 
 import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import api_docs, cursors, db, events, images, jobs, openapi
 from app.animals import ANIMALS
+from app.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.migrate import migration_ids
 from app.models import GenerationRequest, JobOut, JobStatus
 from app.openapi import documented
@@ -68,6 +70,7 @@ class State(TypedDict):
     migration_ids: list[str]
     watch: events.JobWatch
     backlog: Backlog
+    metrics: ServerMetrics
 
 
 # Requests
@@ -227,7 +230,7 @@ async def job_events(request: Request) -> Response:
         heartbeat=state.settings.sse_heartbeat,
     )
     return StreamingResponse(
-        body,
+        counted(body, state.metrics.open_streams),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -308,6 +311,28 @@ async def list_animals(request: Request) -> Response:
     return JSONResponse(list(ANIMALS))
 
 
+@documented(api_docs.METRICS)
+async def metrics_endpoint(request: Request) -> Response:
+    state = request.state
+    metrics: ServerMetrics = state.metrics
+    with suppress(*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+        depth = await jobs.queue_depth(state.pool)
+        metrics.queue_depth.labels("pending").set(depth["pending"])
+        metrics.queue_depth.labels("processing").set(depth["processing"])
+        oldest = depth["oldest_due"]
+        metrics.oldest_pending.set((depth["now"] - oldest).total_seconds() if oldest else 0)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def counted(stream: AsyncIterator[str], gauge: Gauge) -> AsyncIterator[str]:
+    gauge.inc()
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        gauge.dec()
+
+
 async def openapi_document(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
@@ -360,6 +385,7 @@ async def readyz(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     assert settings.database_url, "resolve the database URL before building the app"
+    metrics = ServerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -373,6 +399,7 @@ def create_app(settings: Settings) -> Starlette:
                 "migration_ids": migration_ids(),
                 "watch": watch,
                 "backlog": Backlog(settings.max_pending_jobs),
+                "metrics": metrics,
             }
         finally:
             listening.cancel()
@@ -390,6 +417,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/animals", list_animals, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/docs", swagger_ui, methods=["GET"]),
         Route("/docs/swagger-init.js", swagger_init, methods=["GET"]),
@@ -399,7 +427,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(HttpMetricsMiddleware, metrics=metrics)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -291,3 +291,19 @@ READYZ = Operation(
         ),
     },
 )
+
+METRICS = Operation(
+    summary="Prometheus metrics",
+    tag="operations",
+    description=(
+        "This server process's requests by route and status, their latency, open event "
+        "streams, and the queue's depth and oldest pending age."
+    ),
+    replies={
+        200: Reply(
+            "Prometheus text exposition format",
+            content={"text/plain": {"type": "string"}},
+            example='menagerie_queue_jobs{status="pending"} 3.0\n',
+        )
+    },
+)

@@ -95,3 +95,8 @@ async def list_page(
     else:
         rows = await conn.fetch(queries.job_list_by_status, status.value, created_at, job_id, limit)
     return [Job.from_record(row) for row in rows]
+
+
+async def queue_depth(conn: asyncpg.Connection | asyncpg.Pool) -> asyncpg.Record:
+    """(pending, processing, oldest_due, now) from the partial indexes."""
+    return await conn.fetchrow(queries.job_queue_depth)

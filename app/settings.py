@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     image_size: int = Field(512, ge=64, le=2048)
 
     worker_concurrency: int = Field(4, ge=1, le=1000)
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_poll_interval: PositiveSeconds = 30.0
     lease_seconds: PositiveSeconds = 30.0
     job_max_attempts: int = Field(3, ge=1, le=100)

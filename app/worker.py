@@ -16,6 +16,7 @@ import random
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,9 +24,11 @@ from typing import Literal
 from uuid import UUID
 
 import asyncpg
+from prometheus_client import CollectorRegistry, start_http_server
 
 from app import db, generation, queue, retention
 from app.db import CANCEL_CHANNEL, JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
+from app.metrics import WorkerMetrics
 from app.models import Job
 from app.providers.local import LocalProvider
 from app.settings import Settings
@@ -90,10 +93,11 @@ class Worker:
         self._stopping = False
         self._queue_maybe_nonempty = True
         self._next_due: datetime | None = None
+        self.metrics = WorkerMetrics()
         self.listener = Listener(
             listen_url,
             channels={JOBS_CHANNEL: lambda _payload: self._wake.set(), CANCEL_CHANNEL: self._canceled},
-            on_connect=self._wake.set,
+            on_connect=self._listening,
         )
 
     # Control
@@ -113,6 +117,12 @@ class Worker:
             return
         if running is not None:
             self._interrupt(running, "canceled")
+
+    def _listening(self) -> None:
+        """(Re)connected: count a reconnect, and look for work missed while deaf."""
+        if self.listener.reconnects:
+            self.metrics.listener_reconnects.inc()
+        self._wake.set()
 
     def _interrupt(self, running: Running, reason: StopReason) -> None:
         if running.stop_reason is None:
@@ -202,11 +212,16 @@ class Worker:
             job.max_attempts,
             extra={"action": "job_claimed", "job_id": str(job.id)},
         )
+        self.metrics.jobs.labels("claimed").inc()
+        if job.started_at is not None:
+            self.metrics.pickup.observe(max(0.0, (job.started_at - job.run_at).total_seconds()))
+        self.metrics.in_flight.inc()
         task = asyncio.create_task(self._execute(job))
         running = self._running[job.id] = Running(job, task)
         task.add_done_callback(lambda _task: self._finished(running))
 
     def _finished(self, running: Running) -> None:
+        self.metrics.in_flight.dec()
         if self._running.get(running.job.id) is running:
             del self._running[running.job.id]
         if self._queue_maybe_nonempty:
@@ -218,18 +233,20 @@ class Worker:
         extra = {"job_id": str(job.id)}
         running = self._running.get(job.id)
         try:
-            async with asyncio.timeout(self._timing.job_timeout):
-                await self._handler(job)
+            await self._run_handler(job)
         except asyncio.CancelledError:
             reason = running.stop_reason if running else None
             if reason is None:
                 raise
             log.info("stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", **extra})
+            if reason != "shutdown":
+                self.metrics.jobs.labels(reason).inc()
             return
         except TimeoutError:
             await self._failed(job, f"timed out after {self._timing.job_timeout:g}s", retryable=True)
         except queue.OwnershipLost:
             log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
+            self.metrics.jobs.labels("lost").inc()
         except queue.JobFailed as exc:
             await self._failed(job, str(exc) or type(exc).__name__, retryable=exc.retryable)
         except Exception as exc:
@@ -239,6 +256,15 @@ class Worker:
             owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
             if await self._record(lambda: queue.complete(self._pool, **owner), job):
                 log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
+                self.metrics.jobs.labels("completed").inc()
+
+    async def _run_handler(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timing.job_timeout):
+                await self._handler(job)
+        finally:
+            self.metrics.run_time.observe(time.perf_counter() - started)
 
     async def _failed(self, job: Job, error: str, *, retryable: bool) -> None:
         extra = {"job_id": str(job.id)}
@@ -258,9 +284,11 @@ class Worker:
                     error,
                     extra={"action": "job_retried", **extra},
                 )
+                self.metrics.jobs.labels("retried").inc()
             return
         if await self._record(lambda: queue.fail(self._pool, error=error, **owner), job):
             log.info("failed job %s: %s", job.id, error, extra={"action": "job_failed", **extra})
+            self.metrics.jobs.labels("failed").inc()
 
     async def _record(self, write: Callable[[], Awaitable[bool]], job: Job) -> bool:
         """Write a job's outcome, riding out a database outage for up to one lease (after
@@ -314,6 +342,7 @@ class Worker:
             running=len(self._running),
         )
         for row in await queue.reclaim_expired(self._pool):
+            self.metrics.jobs.labels("reclaimed").inc()
             log.warning(
                 "reclaimed job %s from %s: now %s",
                 row["id"],
@@ -363,12 +392,22 @@ class Worker:
                 extra={"action": "hand_back_failed"},
             )
             return
+        self.metrics.jobs.labels("handed_back").inc(len(handed))
         for job_id in handed:
             log.info("handed back job %s", job_id, extra={"action": "job_handed_back", "job_id": str(job_id)})
 
 
 def _jittered(seconds: float) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.5, 1.5))
+
+
+def serve_metrics(registry: CollectorRegistry, port: int) -> None:
+    """Serve /metrics on `port` from a background thread; a port in use stops the process."""
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise SystemExit(f"menagerie: cannot serve worker metrics on port {port}: {exc}") from None
+    log.info("worker metrics on port %d", port, extra={"action": "metrics_listening"})
 
 
 HandlerFactory = Callable[[asyncpg.Pool, Settings], queue.Handler]
@@ -390,6 +429,8 @@ async def serve(settings: Settings, *, make_handler: HandlerFactory = generation
         concurrency=settings.worker_concurrency,
         timing=Timing.from_settings(settings),
     )
+    if settings.worker_metrics_port is not None:
+        serve_metrics(worker.metrics.registry, settings.worker_metrics_port)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)

@@ -163,3 +163,11 @@ RETURNING id;
 -- How many jobs are pending, counting no further than $1 (reads only the partial index).
 -- $1 cap
 SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT $1) AS capped;
+
+-- name: job_queue_depth
+-- Jobs pending and processing, and when the oldest due pending job fell due; reads only the
+-- partial indexes, so it stays cheap however many finished jobs there are.
+SELECT (SELECT count(*) FROM jobs WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM jobs WHERE status = 'processing') AS processing,
+       (SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= now()) AS oldest_due,
+       now() AS now;

@@ -1,0 +1,113 @@
+"""Prometheus metrics. Each server app and each worker owns its registry (so several can live
+in one process, as in the tests); the server serves its own at /metrics, a worker on
+WORKER_METRICS_PORT."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+JOB_EVENTS = ("claimed", "completed", "failed", "retried", "canceled", "reclaimed", "handed_back", "lost")
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "menagerie_worker_jobs",
+            "Jobs by what happened to them on this worker (reclaimed: taken back from a dead one)",
+            ["event"],
+            registry=self.registry,
+        )
+        for event in JOB_EVENTS:
+            self.jobs.labels(event)
+        self.pickup = Histogram(
+            "menagerie_worker_pickup_seconds",
+            "From a job falling due (insert, retry time, hand-back) to its claim, database clock",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            "menagerie_worker_run_seconds",
+            "How long one attempt's handler ran",
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "menagerie_worker_jobs_in_flight", "Jobs running now", registry=self.registry
+        )
+        self.listener_reconnects = Counter(
+            "menagerie_worker_listener_reconnects",
+            "Times the LISTEN connection was lost and made again",
+            registry=self.registry,
+        )
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "menagerie_http_requests",
+            "Requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "menagerie_http_request_seconds",
+            "Time to the start of the response, by route and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "menagerie_http_open_event_streams", "Event streams open now", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "menagerie_queue_jobs",
+            "Jobs waiting or running, by status (read at scrape from the partial indexes)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.oldest_pending = Gauge(
+            "menagerie_queue_oldest_pending_seconds",
+            "How long the oldest due pending job has waited (0 when none)",
+            registry=self.registry,
+        )
+
+
+class HttpMetricsMiddleware:
+    """Counts every request by its route template (never the raw path: ids would explode the
+    label space), and times it to the start of the response."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = scope.get("route")
+                template = route.path if isinstance(route, Route) else "unmatched"
+                self.metrics.latency.labels(template, scope["method"]).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            template = route.path if isinstance(route, Route) else "unmatched"
+            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
