@@ -183,6 +183,23 @@ def test_container_commands_match_project_entry_points() -> None:
     assert _as_argv(services["migrate"]["command"]) == ["python", "-m", "app", "migrate"]
 
 
+def test_every_container_command_is_one_the_readme_documents() -> None:
+    """The commands the image and compose run are the ones the README tells people to run."""
+    readme = (ROOT / "README.md").read_text()
+    services = _services()
+    for argv in (_dockerfile_cmd(), _as_argv(services["worker"]["command"]), _as_argv(services["migrate"]["command"])):
+        assert " ".join(argv) in readme, argv
+
+
+def test_server_and_worker_have_health_checks() -> None:
+    """The server is checked on /readyz and each worker on its metrics port, which compose sets."""
+    services = _services()
+    assert "/readyz" in " ".join(services["server"]["healthcheck"]["test"])
+    worker = services["worker"]
+    assert worker["environment"]["WORKER_METRICS_PORT"] == "9100"
+    assert "9100/metrics" in " ".join(worker["healthcheck"]["test"])
+
+
 def test_dockerfile_runs_as_non_root_from_app_dir() -> None:
     """The image works from /app, copies the code and data dirs, exposes 8000 and drops root."""
     instructions = _dockerfile_instructions()
