@@ -87,7 +87,10 @@ class Job(BaseModel):
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
-        return cls.model_validate(dict(record))
+        """Trusts the database's types (no validation: this runs for every claimed job)."""
+        fields = dict(record)
+        fields["status"] = JobStatus(fields["status"])
+        return cls.model_construct(**fields)
 
 
 EXAMPLE_JOB = {

@@ -91,9 +91,11 @@ class Worker:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stopping = False
+        self._draining = False
         self._queue_maybe_nonempty = True
         self._next_due: datetime | None = None
         self.metrics = WorkerMetrics()
+        self._completions = queue.Completions(pool, worker_id=self.id)
         self.listener = Listener(
             listen_url,
             channels={JOBS_CHANNEL: lambda _payload: self._wake.set(), CANCEL_CHANNEL: self._canceled},
@@ -133,6 +135,7 @@ class Worker:
 
     async def run(self, *, drain: bool = False) -> None:
         """Process jobs until `stop()`; with `drain=True`, until no job is pending or running."""
+        self._draining = drain
         listening = None if drain else asyncio.create_task(self.listener.run())
         beating = asyncio.create_task(self._heartbeat_forever())
         log.info("worker %s started", self.id, extra={"action": "worker_started"})
@@ -224,7 +227,7 @@ class Worker:
         self.metrics.in_flight.dec()
         if self._running.get(running.job.id) is running:
             del self._running[running.job.id]
-        if self._queue_maybe_nonempty:
+        if self._queue_maybe_nonempty or (self._draining and not self._running):
             self._wake.set()
 
     # One job
@@ -253,8 +256,7 @@ class Worker:
             log.exception("handler crashed on job %s", job.id, extra={"action": "job_crashed", **extra})
             await self._failed(job, f"internal error: {type(exc).__name__}: {exc}", retryable=True)
         else:
-            owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
-            if await self._record(lambda: queue.complete(self._pool, **owner), job):
+            if await self._record(lambda: self._completions.complete(job), job):
                 log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
                 self.metrics.jobs.labels("completed").inc()
 

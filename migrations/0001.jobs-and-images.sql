@@ -34,8 +34,10 @@ COMMENT ON COLUMN jobs.finished_at IS 'When it reached completed, failed or canc
 
 -- Claiming reads only pending rows, however many finished jobs pile up.
 CREATE INDEX jobs_pending_idx ON jobs (run_at) WHERE status = 'pending';
--- Reclaiming reads only processing rows.
-CREATE INDEX jobs_lease_idx ON jobs (lease_expires_at) WHERE status = 'processing';
+-- Reclaiming reads only leased (processing) rows. The predicate is the lease, not the status,
+-- on purpose: statements that complete or renew jobs by id then look them up by primary key,
+-- instead of walking this index's entries for jobs completed since the last vacuum.
+CREATE INDEX jobs_lease_idx ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 -- Listing, newest first (keyset pagination), all jobs or one status. The per-status index
 -- leaves pending rows out: inserts stay cheaper, and the claim cannot mistake it for a better
 -- path to pending jobs than jobs_pending_idx. Pending jobs are few and the newest, so listing

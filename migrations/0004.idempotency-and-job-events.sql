@@ -17,24 +17,19 @@ COMMENT ON COLUMN idempotency_keys.expires_at IS 'After this the key may be used
 
 -- Every visible change of a job (status, an image stored, an error) NOTIFYs its id, so the
 -- server's one LISTEN connection can wake the streams and waits of that job. Lease renewals
--- change neither status nor updated_at and stay silent. One NOTIFY per statement carries up
--- to 200 ids, comma-separated (a NOTIFY payload is limited to 8000 bytes).
+-- change neither status nor updated_at and stay silent. A row trigger with a WHEN clause: a
+-- statement trigger with transition tables cost 10-25 ms per 100-row claim or completion,
+-- this costs next to nothing.
 CREATE FUNCTION jobs_notify_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('menagerie_job_events', string_agg(id::text, ','))
-    FROM (
-        SELECT new_rows.id, (row_number() OVER () - 1) / 200 AS chunk
-        FROM new_rows JOIN old_rows USING (id)
-        WHERE new_rows.status IS DISTINCT FROM old_rows.status
-           OR new_rows.updated_at IS DISTINCT FROM old_rows.updated_at
-    ) AS changed
-    GROUP BY chunk;
+    PERFORM pg_notify('menagerie_job_events', NEW.id::text);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER jobs_notify_changed
     AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_changed();
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.updated_at IS DISTINCT FROM NEW.updated_at)
+    EXECUTE FUNCTION jobs_notify_changed();

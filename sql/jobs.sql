@@ -59,17 +59,27 @@ FROM (
 WHERE jobs.id = due.id
 RETURNING jobs.*, ARRAY[]::integer[] AS image_indexes;
 
--- name: job_complete
--- Marks a job completed, only if worker $2 still owns attempt $3 of it.
--- $1 id, $2 worker_id, $3 attempt
+-- name: job_complete_many
+-- Marks jobs completed, each only if worker $1 still owns that attempt of it; one statement
+-- for all the jobs a worker finished in the last few milliseconds. Returns the ids completed.
+-- Rows are locked in id order, as job_renew_leases does, so the two cannot deadlock.
+-- $1 worker_id, $2 job ids (uuid[]), $3 their attempts (integer[], same order)
 UPDATE jobs
 SET status = 'completed',
     error = NULL,
     lease_expires_at = NULL,
     finished_at = clock_timestamp(),
     updated_at = clock_timestamp()
-WHERE id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
-RETURNING id;
+FROM (
+    SELECT jobs.id
+    FROM jobs JOIN unnest($2::uuid[], $3::integer[]) AS done (id, attempt)
+      ON jobs.id = done.id AND jobs.attempts = done.attempt
+    WHERE jobs.status = 'processing' AND jobs.worker_id = $1
+    ORDER BY jobs.id
+    FOR UPDATE OF jobs
+) AS mine
+WHERE jobs.id = mine.id
+RETURNING jobs.id;
 
 -- name: job_fail
 -- Marks a job failed with a readable error, only if worker $2 still owns attempt $3 of it.
@@ -113,12 +123,18 @@ RETURNING jobs.id;
 
 -- name: job_renew_leases
 -- Extends the leases of the jobs among $2 that worker $1 still owns; returns their ids
--- (a missing id was canceled or reclaimed).
+-- (a missing id was canceled or reclaimed). Locks rows in id order (see job_complete_many).
 -- $1 worker_id, $2 job ids (uuid[]), $3 lease in seconds
 UPDATE jobs
 SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
-WHERE id = ANY($2::uuid[]) AND status = 'processing' AND worker_id = $1
-RETURNING id;
+FROM (
+    SELECT id FROM jobs
+    WHERE id = ANY($2::uuid[]) AND status = 'processing' AND worker_id = $1
+    ORDER BY id
+    FOR UPDATE
+) AS mine
+WHERE jobs.id = mine.id
+RETURNING jobs.id;
 
 -- name: job_reclaim_expired
 -- Jobs whose lease lapsed (their worker died or stalled) go back to pending, due now, or to
