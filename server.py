@@ -16,5 +16,7 @@ if __name__ == "__main__":
         http="httptools",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        backlog=2048,
+        timeout_keep_alive=5,  # idle keep-alive connections close after 5 s
+        timeout_graceful_shutdown=10,  # then open event streams are cut on shutdown
     )
