@@ -17,6 +17,14 @@ async def create(
     return Job.from_record(await conn.fetchrow(queries.job_insert, num_images, animal, max_attempts))
 
 
+async def create_many(
+    conn: asyncpg.Connection | asyncpg.Pool, *, specs: list[tuple[int, str, int]]
+) -> list[Job]:
+    """Create jobs from (num_images, animal, max_attempts) in one statement, in that order."""
+    columns = [list(column) for column in zip(*specs)] if specs else [[], [], []]
+    return [Job.from_record(row) for row in await conn.fetch(queries.job_insert_many, *columns)]
+
+
 class IdempotencyConflict(Exception):
     """The key was already used, with a different body."""
 

@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEASURES = ("pickup-idle", "pickup-300", "drain", "enqueue-rate")
-PEERS = ("pgqueuer", "procrastinate")
+PEERS = ("menagerie", "pgqueuer", "procrastinate")
 
 # Workload sizes: (full, quick).
 IDLE_JOBS = (100, 20)
@@ -180,8 +180,12 @@ class Producer(abc.ABC):
     """Client-side enqueue API of a peer."""
 
     @abc.abstractmethod
-    async def enqueue(self, payload: dict[str, Any]) -> None:
-        """Enqueue one job in its own transaction (the peer's normal single-job call)."""
+    async def enqueue(self, payload: dict[str, Any]) -> Any:
+        """Enqueue one job in its own transaction (the peer's normal single-job call).
+
+        May return the key the worker's probe will report for this job (menagerie jobs
+        carry no payload, so its probe reports the job id); None means ``payload["seq"]``.
+        """
 
     @abc.abstractmethod
     async def enqueue_many(self, payloads: list[dict[str, Any]]) -> None:
@@ -239,6 +243,11 @@ class Peer(abc.ABC):
     @abc.abstractmethod
     async def remaining(self, conn: asyncpg.Connection) -> int:
         """Jobs not yet completed (queued or running)."""
+
+    async def db_clock_pickups_ms(self, conn: asyncpg.Connection) -> list[float] | None:
+        """Pickup latencies by the database clock (claim minus insert), where the peer
+        records both; None otherwise."""
+        return None
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -403,8 +412,87 @@ class ProcrastinatePeer(Peer):
         )
 
 
+class MenageriePeer(Peer):
+    """menagerie itself: its Worker loop with a no-op handler in a real process."""
+
+    name = "menagerie"
+    module = "app.worker"
+    bulk_chunk = 5_000
+    defaults: ClassVar[dict[str, Any]] = {
+        "concurrency": 100,
+        "pool_size": 10,
+        "event_loop": "uvloop",
+        "logging": "WARNING (one line per job at INFO otherwise)",
+    }
+
+    async def install(self, dsn: str) -> None:
+        from app import migrate
+
+        await asyncio.to_thread(migrate.apply, dsn)
+
+    @contextlib.asynccontextmanager
+    async def producer(self, dsn: str, pool_size: int) -> AsyncIterator[Producer]:
+        from app import jobs
+
+        class _Producer(Producer):
+            def __init__(self, pool: asyncpg.Pool) -> None:
+                self.pool = pool
+
+            async def enqueue(self, payload: dict[str, Any]) -> str:
+                animal = "warm" if payload.get("warm") else "cat"
+                job = await jobs.create(self.pool, num_images=1, animal=animal, max_attempts=3)
+                return str(job.id)
+
+            async def enqueue_many(self, payloads: list[dict[str, Any]]) -> None:
+                await jobs.create_many(self.pool, specs=[(1, "cat", 3)] * len(payloads))
+
+        async with asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size) as pool:
+            yield _Producer(pool)
+
+    async def serve(self, dsn: str, stop: asyncio.Event) -> None:
+        from app import db
+        from app.worker import Timing, Worker
+
+        logging.getLogger().setLevel(logging.WARNING)
+
+        async def noop(job: Any) -> None:
+            PROBE.record(time.time(), {"warm": True} if job.animal == "warm" else {"seq": str(job.id)})
+
+        pool = await db.create_pool(dsn, size=self.settings["pool_size"])
+        worker = Worker(
+            pool=pool,
+            listen_url=dsn,
+            handler=noop,
+            concurrency=self.settings["concurrency"],
+            timing=Timing(poll_interval=30),
+        )
+        run = asyncio.create_task(worker.run())
+        await stop.wait()
+        worker.stop()
+        await run
+        await pool.close()
+
+    async def remaining(self, conn: asyncpg.Connection) -> int:
+        return await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE status IN ('pending', 'processing')"
+        )
+
+    async def db_clock_pickups_ms(self, conn: asyncpg.Connection) -> list[float] | None:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms FROM jobs "
+            "WHERE animal <> 'warm' AND started_at IS NOT NULL"
+        )
+        return [float(row["ms"]) for row in rows]
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("menagerie")
+
+
 def get_peer(name: str, overrides: dict[str, str] | None = None) -> Peer:
-    return {"pgqueuer": PgQueuerPeer, "procrastinate": ProcrastinatePeer}[name](overrides)
+    peers = {"menagerie": MenageriePeer, "pgqueuer": PgQueuerPeer, "procrastinate": ProcrastinatePeer}
+    return peers[name](overrides)
 
 
 # --------------------------------------------------------------------------
@@ -550,9 +638,10 @@ async def paced_enqueue(producer: Producer, n: int, interval_s: float) -> Submis
 
     async def one(seq: int) -> None:
         payload = job_payload(seq)
-        out.called[seq] = payload["t_call"]
-        await producer.enqueue(payload)
-        out.enqueued[seq] = time.time()
+        key = await producer.enqueue(payload)
+        key = seq if key is None else key
+        out.enqueued[key] = time.time()
+        out.called[key] = payload["t_call"]
 
     t0 = time.perf_counter()
     tasks = []
@@ -586,6 +675,8 @@ async def pickup_latency(peer: Peer, dsn: str, n: int, interval_s: float) -> dic
             while await peer.remaining(conn) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         result = await worker.stop()
+        async with connected(dsn) as conn:
+            db_clock = await peer.db_clock_pickups_ms(conn)
 
     starts = [(seq, t) for seq, t in result["starts"] if seq in sub.enqueued]
     latencies = [(t - sub.enqueued[seq]) * 1000 for seq, t in starts]
@@ -602,6 +693,12 @@ async def pickup_latency(peer: Peer, dsn: str, n: int, interval_s: float) -> dic
         "negative_count": sum(1 for x in latencies if x < 0),
         "from_call_p50_ms": round(percentile(from_call, 50), 2),
         "from_call_p99_ms": round(percentile(from_call, 99), 2),
+        **(
+            {"db_clock_p50_ms": round(percentile(db_clock, 50), 2),
+             "db_clock_p99_ms": round(percentile(db_clock, 99), 2)}
+            if db_clock
+            else {}
+        ),
     }
 
 

@@ -187,3 +187,10 @@ SELECT (SELECT count(*) FROM jobs WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM jobs WHERE status = 'processing') AS processing,
        (SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= now()) AS oldest_due,
        now() AS now;
+
+-- name: job_insert_many
+-- Creates many pending jobs in one statement (one NOTIFY, one commit).
+-- $1 num_images (integer[]), $2 animals (text[]), $3 max_attempts (integer[]), same length
+INSERT INTO jobs (num_images, animal, max_attempts)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::integer[])
+RETURNING jobs.*, ARRAY[]::integer[] AS image_indexes;
