@@ -48,6 +48,9 @@ class Running:
     job: Job
     task: asyncio.Task[None]
     stop_reason: StopReason | None = None
+    handler_done: bool = False
+    """The handler returned; only its outcome is being written. Its slot is free again, but
+    the job stays listed (its lease is renewed) until the write is done."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class Worker:
         self._concurrency = concurrency
         self._timing = timing
         self._running: dict[UUID, Running] = {}
+        self._busy = 0
+        """Jobs whose handler is running: what WORKER_CONCURRENCY bounds."""
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stopping = False
@@ -177,7 +182,7 @@ class Worker:
     async def _claim_while_room(self) -> None:
         self._next_due = None
         while not self._stopping:
-            free = self._concurrency - len(self._running)
+            free = self._concurrency - self._busy
             if free <= 0:
                 self._queue_maybe_nonempty = True
                 return
@@ -221,10 +226,21 @@ class Worker:
         self.metrics.in_flight.inc()
         task = asyncio.create_task(self._execute(job))
         running = self._running[job.id] = Running(job, task)
+        self._busy += 1
         task.add_done_callback(lambda _task: self._finished(running))
 
+    def _slot_freed(self, running: Running) -> None:
+        """The handler is done: let the next job start while its outcome is written, so that
+        claiming overlaps with writing completions."""
+        if not running.handler_done:
+            running.handler_done = True
+            self._busy -= 1
+            self.metrics.in_flight.dec()
+            if self._queue_maybe_nonempty:
+                self._wake.set()
+
     def _finished(self, running: Running) -> None:
-        self.metrics.in_flight.dec()
+        self._slot_freed(running)
         if self._running.get(running.job.id) is running:
             del self._running[running.job.id]
         if self._queue_maybe_nonempty or (self._draining and not self._running):
@@ -234,11 +250,11 @@ class Worker:
 
     async def _execute(self, job: Job) -> None:
         extra = {"job_id": str(job.id)}
-        running = self._running.get(job.id)
+        running = self._running[job.id]
         try:
-            await self._run_handler(job)
+            await self._run_handler(running)
         except asyncio.CancelledError:
-            reason = running.stop_reason if running else None
+            reason = running.stop_reason
             if reason is None:
                 raise
             log.info("stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", **extra})
@@ -260,13 +276,14 @@ class Worker:
                 log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
                 self.metrics.jobs.labels("completed").inc()
 
-    async def _run_handler(self, job: Job) -> None:
+    async def _run_handler(self, running: Running) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timing.job_timeout):
-                await self._handler(job)
+                await self._handler(running.job)
         finally:
             self.metrics.run_time.observe(time.perf_counter() - started)
+            self._slot_freed(running)
 
     async def _failed(self, job: Job, error: str, *, retryable: bool) -> None:
         extra = {"job_id": str(job.id)}

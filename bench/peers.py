@@ -419,7 +419,7 @@ class MenageriePeer(Peer):
     module = "app.worker"
     bulk_chunk = 5_000
     defaults: ClassVar[dict[str, Any]] = {
-        "concurrency": 100,
+        "concurrency": 200,
         "pool_size": 10,
         "event_loop": "uvloop",
         "logging": "WARNING (one line per job at INFO otherwise)",
