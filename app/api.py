@@ -31,9 +31,10 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import api_docs, cursors, db, events, images, jobs, openapi
 from app.animals import ANIMALS
+from app.batching import Batcher
 from app.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.migrate import migration_ids
-from app.models import GenerationRequest, JobOut, JobStatus
+from app.models import GenerationRequest, Job, JobOut, JobStatus
 from app.openapi import documented
 from app.problems import Problem, exception_handlers, validation_problem
 from app.request_ids import RequestIdMiddleware
@@ -71,6 +72,7 @@ class State(TypedDict):
     watch: events.JobWatch
     backlog: Backlog
     metrics: ServerMetrics
+    creations: Batcher[tuple[int, str, int], Job]
 
 
 # Requests
@@ -171,7 +173,7 @@ async def create_generation(request: Request) -> Response:
     new = {"num_images": wanted.num_images, "animal": animal, "max_attempts": settings.job_max_attempts}
     replayed = False
     if key is None:
-        job = await jobs.create(state.pool, **new)
+        job = await state.creations.submit((wanted.num_images, animal, settings.job_max_attempts))
     else:
         fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
         try:
@@ -400,6 +402,7 @@ def create_app(settings: Settings) -> Starlette:
                 "watch": watch,
                 "backlog": Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
+                "creations": jobs.creations(pool),
             }
         finally:
             listening.cancel()

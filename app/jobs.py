@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from uuid import UUID
 
 import asyncpg
 
+from app.batching import Batcher
 from app.models import Job, JobStatus
 from app.sql import queries
 
@@ -20,9 +22,23 @@ async def create(
 async def create_many(
     conn: asyncpg.Connection | asyncpg.Pool, *, specs: list[tuple[int, str, int]]
 ) -> list[Job]:
-    """Create jobs from (num_images, animal, max_attempts) in one statement, in that order."""
-    columns = [list(column) for column in zip(*specs)] if specs else [[], [], []]
-    return [Job.from_record(row) for row in await conn.fetch(queries.job_insert_many, *columns)]
+    """Create jobs from (num_images, animal, max_attempts) in one statement; the jobs come
+    back in the order of `specs`."""
+    ids = [uuid.uuid4() for _ in specs]
+    num_images, animals, max_attempts = ([list(column) for column in zip(*specs)] if specs else [[], [], []])
+    rows = await conn.fetch(queries.job_insert_many, ids, num_images, animals, max_attempts)
+    created = {row["id"]: Job.from_record(row) for row in rows}
+    return [created[job_id] for job_id in ids]
+
+
+def creations(pool: asyncpg.Pool) -> Batcher[tuple[int, str, int], Job]:
+    """Creates jobs for concurrent requests together (see app/batching.py): one INSERT, one
+    commit and one NOTIFY for all the requests that arrive while the previous insert runs."""
+
+    async def write(batch: list[tuple[int, str, int]]) -> list[Job]:
+        return await create_many(pool, specs=batch)
+
+    return Batcher(write)
 
 
 class IdempotencyConflict(Exception):

@@ -8,7 +8,6 @@ its job can never overwrite the outcome of another.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -16,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.batching import Batcher
 from app.models import Job
 from app.sql import queries
 
@@ -61,49 +61,17 @@ async def complete_many(
     return {row["id"] for row in rows}
 
 
-class Completions:
-    """Completes finished jobs in batches: the first completion is written at once, and those
-    that finish while a write is in flight go together in the next one. No added latency when
-    idle; one statement for hundreds of jobs under load."""
+def completions(pool: asyncpg.Pool, *, worker_id: str) -> Batcher[Job, bool]:
+    """Completes finished jobs in batches (see app/batching.py); each submit answers whether
+    the worker still owned the job, and so completed it."""
 
-    def __init__(self, pool: asyncpg.Pool, *, worker_id: str, max_batch: int = 500) -> None:
-        self._pool = pool
-        self._worker_id = worker_id
-        self._max_batch = max_batch
-        self._waiting: list[tuple[UUID, int, asyncio.Future[bool]]] = []
-        self._writing = False
+    async def write(batch: list[Job]) -> list[bool]:
+        owned = await complete_many(
+            pool, worker_id=worker_id, jobs=[(job.id, job.attempts) for job in batch]
+        )
+        return [job.id in owned for job in batch]
 
-    async def complete(self, job: Job) -> bool:
-        """Completed (True), or no longer owned by this worker (False)."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job.id, job.attempts, done))
-        if not self._writing:
-            self._writing = True
-            asyncio.create_task(self._write_while_waiting())
-        return await done
-
-    async def _write_while_waiting(self) -> None:
-        try:
-            while self._waiting:
-                await asyncio.sleep(0)  # let jobs finishing in this same tick join the batch
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
-                try:
-                    owned = await complete_many(
-                        self._pool,
-                        worker_id=self._worker_id,
-                        jobs=[(job_id, attempt) for job_id, attempt, _ in batch],
-                    )
-                except Exception as exc:
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for job_id, _, done in batch:
-                    if not done.done():
-                        done.set_result(job_id in owned)
-        finally:
-            self._writing = False
+    return Batcher(write)
 
 
 async def fail(

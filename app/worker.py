@@ -100,7 +100,7 @@ class Worker:
         self._queue_maybe_nonempty = True
         self._next_due: datetime | None = None
         self.metrics = WorkerMetrics()
-        self._completions = queue.Completions(pool, worker_id=self.id)
+        self._completions = queue.completions(pool, worker_id=self.id)
         self.listener = Listener(
             listen_url,
             channels={JOBS_CHANNEL: lambda _payload: self._wake.set(), CANCEL_CHANNEL: self._canceled},
@@ -272,7 +272,7 @@ class Worker:
             log.exception("handler crashed on job %s", job.id, extra={"action": "job_crashed", **extra})
             await self._failed(job, f"internal error: {type(exc).__name__}: {exc}", retryable=True)
         else:
-            if await self._record(lambda: self._completions.complete(job), job):
+            if await self._record(lambda: self._completions.submit(job), job):
                 log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
                 self.metrics.jobs.labels("completed").inc()
 

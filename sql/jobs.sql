@@ -189,8 +189,9 @@ SELECT (SELECT count(*) FROM jobs WHERE status = 'pending') AS pending,
        now() AS now;
 
 -- name: job_insert_many
--- Creates many pending jobs in one statement (one NOTIFY, one commit).
--- $1 num_images (integer[]), $2 animals (text[]), $3 max_attempts (integer[]), same length
-INSERT INTO jobs (num_images, animal, max_attempts)
-SELECT * FROM unnest($1::integer[], $2::text[], $3::integer[])
+-- Creates many pending jobs in one statement: one commit, and one NOTIFY from the statement
+-- trigger. The caller chooses the ids, so it can match rows to requests.
+-- $1 ids (uuid[]), $2 num_images (integer[]), $3 animals (text[]), $4 max_attempts (integer[])
+INSERT INTO jobs (id, num_images, animal, max_attempts)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::integer[])
 RETURNING jobs.*, ARRAY[]::integer[] AS image_indexes;

@@ -192,3 +192,30 @@ async def test_request_ids_are_echoed_or_made_and_appear_in_problems(client):
     assert problem.json()["requestId"] == "trace-9"
     insane = await client.get("/animals", headers={"X-Request-ID": "bad id with spaces"})
     assert insane.headers["x-request-id"] != "bad id with spaces"
+
+
+# Grouped inserts
+
+
+async def test_concurrent_posts_are_written_together_each_getting_its_own_job(client, pool, database_url):
+    """50 POSTs at once each get their own job with their own animal, and are written by fewer
+    INSERT statements than requests (each statement sends one NOTIFY, counted here)."""
+    from app.db import JOBS_CHANNEL
+
+    notified: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(JOBS_CHANNEL, lambda *args: notified.append(args[-1]))
+    animals = ["bear", "cat", "dog", "fox", "owl"] * 10
+    try:
+        responses = await asyncio.gather(
+            *(post(client, {"numImages": 1 + i % 3, "animal": animal}) for i, animal in enumerate(animals))
+        )
+        await asyncio.sleep(0.3)
+    finally:
+        await listener.close()
+    assert [response.status_code for response in responses] == [202] * 50
+    assert [response.json()["animal"] for response in responses] == animals
+    assert [response.json()["numImages"] for response in responses] == [1 + i % 3 for i in range(50)]
+    assert len({response.json()["jobId"] for response in responses}) == 50
+    assert await job_count(pool) == 50
+    assert 1 <= len(notified) < 50
