@@ -108,8 +108,13 @@ def parse_job_id(request: Request) -> UUID:
 
 
 def base_url(request: Request) -> str:
+    """PUBLIC_BASE_URL, or the scheme and Host of the request (proxy headers applied)."""
     configured = request.state.settings.public_base_url
-    return str(configured or request.base_url).rstrip("/")
+    if configured is not None:
+        return str(configured).rstrip("/")
+    scheme = request.url.scheme
+    host = request.headers.get("host") or "{}:{}".format(*request.scope["server"])
+    return f"{scheme}://{host}{request.scope.get('root_path', '')}"
 
 
 def job_response(

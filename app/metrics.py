@@ -5,6 +5,7 @@ WORKER_METRICS_PORT."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Route
@@ -88,6 +89,15 @@ class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def _timer(self, template: str, method: str) -> Any:
+        """The histogram child for a route and method (labels() is slow enough to cache)."""
+        key = (template, method)
+        timer = self._timers.get(key)
+        if timer is None:
+            timer = self._timers[key] = self.metrics.latency.labels(template, method)
+        return timer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,7 +112,7 @@ class HttpMetricsMiddleware:
                 status = message["status"]
                 route = scope.get("route")
                 template = route.path if isinstance(route, Route) else "unmatched"
-                self.metrics.latency.labels(template, scope["method"]).observe(time.perf_counter() - started)
+                self._timer(template, scope["method"]).observe(time.perf_counter() - started)
             await send(message)
 
         try:

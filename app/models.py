@@ -131,7 +131,8 @@ class JobOut(BaseModel):
 
     @classmethod
     def from_job(cls, job: Job, *, base_url: str) -> JobOut:
-        return cls(
+        """Built without validation: every field comes from a Job read from the database."""
+        return cls.model_construct(
             job_id=job.id,
             status=job.status,
             num_images=job.num_images,

@@ -1,0 +1,155 @@
+"""HTTP benchmarks of a real menagerie server (uvicorn, uvloop, httptools) under wrk.
+
+* ``post``  - ``POST /generations`` at 64 connections: requests/s and latency percentiles.
+* ``get``   - ``GET /generations/{id}`` of one job at 64 connections.
+
+The server runs as its own process on a fresh database (no worker, so every job stays
+pending; MAX_PENDING_JOBS is raised so backpressure never answers). wrk runs on the same
+machine (2 cores here: the load generator competes with the server and PostgreSQL).
+
+Usage::
+
+    python bench/web.py --measure post [--quick] [--connections 64]
+
+Prints one JSON line. Needs wrk (Debian package ``wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DURATION_S = (10, 3)  # full, quick
+
+POST_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"numImages": 1}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+LATENCY_LINE = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(dsn_admin: str) -> AsyncIterator[str]:
+    name = f"bench_http_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(dsn_admin)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield dsn_admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def server(dsn: str) -> AsyncIterator[str]:
+    """A real server.py on a free port; its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "MAX_PENDING_JOBS": "100000000",
+    }
+    process = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=tempfile.gettempdir())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def wrk(url: str, *, connections: int, seconds: int, script: str | None = None) -> dict[str, Any]:
+    """Run wrk; return requests/s, latency percentiles (ms) and non-2xx counts."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script or "")
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url]
+    output = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    os.unlink(lua.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    latencies = {f"p{p}_ms": round(float(v) * UNITS[u], 2) for p, v, u in LATENCY_LINE.findall(output)}
+    return {"requests_per_s": rate, **latencies, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+
+
+async def measure(name: str, *, quick: bool, connections: int, dsn_admin: str) -> dict[str, Any]:
+    seconds = DURATION_S[1 if quick else 0]
+    async with fresh_database(dsn_admin) as dsn:
+        from app import migrate
+
+        await asyncio.to_thread(migrate.apply, dsn)
+        async with server(dsn) as base:
+            if name == "post":
+                figures = await asyncio.to_thread(
+                    wrk, f"{base}/generations", connections=connections, seconds=seconds, script=POST_SCRIPT
+                )
+                conn = await asyncpg.connect(dsn)
+                try:
+                    figures["jobs_written"] = await conn.fetchval("SELECT count(*) FROM jobs")
+                finally:
+                    await conn.close()
+            elif name == "get":
+                async with httpx.AsyncClient(base_url=base) as http:
+                    location = (await http.post("/generations", json={"numImages": 1})).headers["location"]
+                figures = await asyncio.to_thread(
+                    wrk, f"{base}{location}", connections=connections, seconds=seconds
+                )
+            else:
+                raise ValueError(name)
+    return {"measure": f"http-{name}", "quick": quick, "connections": connections, "figures": figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--measure", choices=("post", "get"), required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/web.py needs wrk: apt-get install wrk")
+    sys.path.insert(0, str(ROOT))
+    result = asyncio.run(
+        measure(args.measure, quick=args.quick, connections=args.connections, dsn_admin=args.dsn_admin)
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
