@@ -50,11 +50,22 @@ class JsonFormatter(logging.Formatter):
 _FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 
 
+class DefaultAction(logging.Filter):
+    """Records from libraries (uvicorn's start and stop lines, say) carry no `action`; give
+    them their logger's name, so every line has one to filter on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "action"):
+            record.action = record.name
+        return True
+
+
 def configure(level: str, fmt: str = "text") -> None:
     """Send every record to stderr at `level` and above, formatted as `fmt` (text or json)."""
     handler = logging.StreamHandler()
     handler.setFormatter(_FORMATTERS[fmt]())
     handler.addFilter(RequestIdLogFilter())
+    handler.addFilter(DefaultAction())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -31,7 +31,8 @@ def json_lines(text: str) -> list[dict]:
 
 def test_json_format_writes_one_object_per_record_with_action_and_job_id(capsys):
     """Each record is one line of JSON with time (UTC), level, logger, message, and the
-    record's action and job_id; fields the record lacks are left out."""
+    record's action and job_id; a record without an action gets its logger's name as one;
+    other fields the record lacks are left out."""
     logs.configure("INFO", "json")
     log.info("claimed job %s", "j-1", extra={"action": "job_claimed", "job_id": "j-1"})
     log.warning("plain")
@@ -46,7 +47,8 @@ def test_json_format_writes_one_object_per_record_with_action_and_job_id(capsys)
         "job_id": "j-1",
     }
     assert datetime.fromisoformat(first["time"]).utcoffset().total_seconds() == 0
-    assert set(second) == {"time", "level", "logger", "message"}
+    assert set(second) == {"time", "level", "logger", "message", "action"}
+    assert second["action"] == "menagerie.test"
 
 
 def test_json_format_keeps_an_exception_on_its_one_line(capsys):
