@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import jobs, migrate, queue  # noqa: E402
+from peers import dsn_for_database  # noqa: E402
 
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (1_000_000, 50_000)  # full, quick
@@ -69,7 +70,7 @@ async def measure(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
     name = f"bench_scale_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(dsn_admin)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_admin.rsplit("/", 1)[0] + f"/{name}"
+    dsn = dsn_for_database(dsn_admin, name)
     try:
         await asyncio.to_thread(migrate.apply, dsn)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)

@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from peers import dsn_for_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -62,7 +63,7 @@ async def fresh_database(dsn_admin: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(dsn_admin)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_admin.rsplit("/", 1)[0] + f"/{name}"
+        yield dsn_for_database(dsn_admin, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
