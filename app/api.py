@@ -93,7 +93,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
             raise Problem(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, >4300-digit ints
         raise Problem(400, f"the body is not valid JSON: {exc}", type="/problems/invalid-json") from exc
     if not isinstance(data, dict):
         raise Problem(400, "the body must be a JSON object", type="/problems/invalid-json")
@@ -167,7 +167,9 @@ async def create_generation(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 255:
         raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
-    if await state.backlog.full(state.pool):
+    fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
+    replay = None if key is None else await known_job(state.pool, key=key, fingerprint=fingerprint)
+    if replay is None and await state.backlog.full(state.pool):
         raise Problem(
             503,
             f"{state.backlog.limit} or more jobs are waiting; try again later",
@@ -175,22 +177,24 @@ async def create_generation(request: Request) -> Response:
             headers={"Retry-After": "5"},
         )
     animal = wanted.animal or random.choice(ANIMALS)
-    new = {"num_images": wanted.num_images, "animal": animal, "max_attempts": settings.job_max_attempts}
-    replayed = False
-    if key is None:
+    replayed = replay is not None
+    if replay is not None:
+        job = replay
+    elif key is None:
         job = await state.creations.submit((wanted.num_images, animal, settings.job_max_attempts))
     else:
-        fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
         try:
             job, replayed = await jobs.create_once(
-                state.pool, key=key, fingerprint=fingerprint, ttl=settings.idempotency_ttl, **new
+                state.pool,
+                key=key,
+                fingerprint=fingerprint,
+                ttl=settings.idempotency_ttl,
+                num_images=wanted.num_images,
+                animal=animal,
+                max_attempts=settings.job_max_attempts,
             )
         except jobs.IdempotencyConflict:
-            raise Problem(
-                422,
-                "this Idempotency-Key was already used with a different body",
-                type="/problems/idempotency-key-reused",
-            ) from None
+            raise key_reused() from None
     if not replayed:
         log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
     headers = {"Location": f"/generations/{job.id}"}
@@ -203,6 +207,22 @@ async def create_generation(request: Request) -> Response:
     return job_response(
         request, JobOut.from_job(job, base_url=base_url(request)), status_code=202, headers=headers
     )
+
+
+def key_reused() -> Problem:
+    return Problem(
+        422,
+        "this Idempotency-Key was already used with a different body",
+        type="/problems/idempotency-key-reused",
+    )
+
+
+async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Job | None:
+    """The job an Idempotency-Key already made (a replay needs no room in the queue)."""
+    try:
+        return await jobs.replay(pool, key=key, fingerprint=fingerprint)
+    except jobs.IdempotencyConflict:
+        raise key_reused() from None
 
 
 @documented(api_docs.GET_GENERATION)

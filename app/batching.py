@@ -19,6 +19,7 @@ class Batcher(Generic[T, R]):
         self._max_batch = max_batch
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._writing = False
+        self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
         """The item's result, once the batch it joined is written (or that write's error)."""
@@ -26,7 +27,7 @@ class Batcher(Generic[T, R]):
         self._waiting.append((item, done))
         if not self._writing:
             self._writing = True
-            asyncio.create_task(self._write_while_waiting())
+            self._writer = asyncio.create_task(self._write_while_waiting())  # keep a reference
         return await done
 
     async def _write_while_waiting(self) -> None:

@@ -20,10 +20,6 @@ CANCEL_CHANNEL = "menagerie_cancel"
 """NOTIFYed with a job id when a processing job is canceled."""
 
 
-class DatabaseUnavailable(Exception):
-    """PostgreSQL could not be reached or dropped the connection."""
-
-
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -138,6 +134,10 @@ class Listener:
                 await self._listen(conn)
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("listener failed: %s", exc, extra={"action": "listener_failed"})
+            except Exception:
+                # Never let the listener die: the owner would stop hearing work and cancels.
+                log.exception("listener crashed", extra={"action": "listener_failed"})
+                await asyncio.sleep(self._max_backoff * random.uniform(0.5, 1.0))
             finally:
                 self.connected.clear()
                 if not conn.is_closed():

@@ -30,10 +30,6 @@ class JobWatch:
             url, channels={JOB_EVENTS_CHANNEL: self._changed}, on_connect=self._wake_all
         )
 
-    @property
-    def watching(self) -> int:
-        return sum(len(events) for events in self._watchers.values())
-
     @contextmanager
     def watch(self, job_id: UUID) -> Iterator[asyncio.Event]:
         """An event set whenever the job may have changed (clear it before reading the job)."""
@@ -154,8 +150,8 @@ async def stream(
             try:
                 await asyncio.wait_for(changed.wait(), heartbeat)
             except asyncio.TimeoutError:
+                # Read the job anyway: a lost notification delays an event by one heartbeat.
                 yield ": keep-alive\n\n"
-                continue
             changed.clear()
             current = await jobs.get(pool, job_id=job_id)
 

@@ -67,13 +67,9 @@ async def create_once(
     """
     async with pool.acquire() as conn:
         while True:
-            existing = await conn.fetchrow(queries.idempotency_get, key)
-            if existing is not None:
-                if existing["fingerprint"] != fingerprint:
-                    raise IdempotencyConflict(key)
-                job = await get(conn, job_id=existing["job_id"])
-                if job is not None:
-                    return job, True
+            job = await replay(conn, key=key, fingerprint=fingerprint)
+            if job is not None:
+                return job, True
             try:
                 async with conn.transaction():
                     job = await create(
@@ -84,6 +80,19 @@ async def create_once(
             except _LostRace:
                 continue
             return job, False
+
+
+async def replay(
+    conn: asyncpg.Connection | asyncpg.Pool, *, key: str, fingerprint: str
+) -> Job | None:
+    """The job a live Idempotency-Key made, None if the key is unknown or expired;
+    IdempotencyConflict if it was used with another body."""
+    existing = await conn.fetchrow(queries.idempotency_get, key)
+    if existing is None:
+        return None
+    if existing["fingerprint"] != fingerprint:
+        raise IdempotencyConflict(key)
+    return await get(conn, job_id=existing["job_id"])
 
 
 async def pending_count(conn: asyncpg.Connection | asyncpg.Pool, *, cap: int) -> int:

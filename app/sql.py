@@ -39,9 +39,6 @@ class Queries:
         except KeyError:
             raise AttributeError(f"no query named {name!r} in {SQL_DIR}") from None
 
-    def names(self) -> list[str]:
-        return sorted(self._queries)
-
 
 def load(directory: Path = SQL_DIR) -> Queries:
     merged: dict[str, str] = {}

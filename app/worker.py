@@ -43,6 +43,10 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+class JobTimedOut(Exception):
+    """The attempt ran longer than JOB_TIMEOUT (as opposed to a timeout inside the handler)."""
+
+
 @dataclass
 class Running:
     job: Job
@@ -173,7 +177,8 @@ class Worker:
         timeout = self._timing.poll_interval * random.uniform(0.8, 1.2)
         if self._next_due is not None:
             until_due = (self._next_due - datetime.now(timezone.utc)).total_seconds()
-            timeout = max(0.0, min(timeout, until_due + 0.005))
+            # At least 50 ms: a due job may be locked by another transaction for a while.
+            timeout = max(0.05, min(timeout, until_due + 0.005))
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
@@ -261,7 +266,7 @@ class Worker:
             if reason != "shutdown":
                 self.metrics.jobs.labels(reason).inc()
             return
-        except TimeoutError:
+        except JobTimedOut:
             await self._failed(job, f"timed out after {self._timing.job_timeout:g}s", retryable=True)
         except queue.OwnershipLost:
             log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
@@ -279,8 +284,12 @@ class Worker:
     async def _run_handler(self, running: Running) -> None:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timing.job_timeout):
+            async with asyncio.timeout(self._timing.job_timeout) as limit:
                 await self._handler(running.job)
+        except TimeoutError:
+            if limit.expired():
+                raise JobTimedOut from None
+            raise  # a timeout inside the handler (a slow provider call, say): its own failure
         finally:
             self.metrics.run_time.observe(time.perf_counter() - started)
             self._slot_freed(running)
@@ -337,6 +346,9 @@ class Worker:
                 await self._heartbeat()
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+            except Exception:
+                # Never let the heartbeat die: without it leases lapse under running jobs.
+                log.exception("heartbeat crashed", extra={"action": "heartbeat_failed"})
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
 
     async def _heartbeat(self) -> None:
@@ -350,7 +362,7 @@ class Worker:
             )
             for job_id in set(mine) - owned:
                 running = self._running.get(job_id)
-                if running is not None:
+                if running is not None and not running.handler_done:
                     self._interrupt(running, "lost")
         await queue.heartbeat(
             self._pool,

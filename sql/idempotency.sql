@@ -21,8 +21,3 @@ SET fingerprint = EXCLUDED.fingerprint,
 WHERE idempotency_keys.expires_at <= now()
 RETURNING job_id;
 
--- name: idempotency_delete_expired
--- Forgets expired keys, at most $1 at a time.
--- $1 how many
-DELETE FROM idempotency_keys
-WHERE key IN (SELECT key FROM idempotency_keys WHERE expires_at <= now() LIMIT $1);

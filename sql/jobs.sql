@@ -108,7 +108,8 @@ RETURNING id;
 
 -- name: job_hand_back
 -- A stopping worker returns the jobs it did not finish, due now and without counting the
--- attempt, so another worker takes them at once (the requeue trigger wakes it).
+-- attempt, so another worker takes them at once (the requeue trigger wakes it). Locks rows in
+-- id order, like job_complete_many and job_renew_leases.
 -- $1 worker_id, $2 job ids (uuid[]), $3 their attempts (integer[], same order)
 UPDATE jobs
 SET status = 'pending',
@@ -116,9 +117,15 @@ SET status = 'pending',
     run_at = clock_timestamp(),
     lease_expires_at = NULL,
     updated_at = clock_timestamp()
-FROM unnest($2::uuid[], $3::integer[]) AS mine (id, attempt)
-WHERE jobs.id = mine.id AND jobs.attempts = mine.attempt
-  AND jobs.status = 'processing' AND jobs.worker_id = $1
+FROM (
+    SELECT jobs.id
+    FROM jobs JOIN unnest($2::uuid[], $3::integer[]) AS mine (id, attempt)
+      ON jobs.id = mine.id AND jobs.attempts = mine.attempt
+    WHERE jobs.status = 'processing' AND jobs.worker_id = $1
+    ORDER BY jobs.id
+    FOR UPDATE OF jobs
+) AS handed
+WHERE jobs.id = handed.id
 RETURNING jobs.id;
 
 -- name: job_renew_leases

@@ -219,3 +219,25 @@ async def test_concurrent_posts_are_written_together_each_getting_its_own_job(cl
     assert len({response.json()["jobId"] for response in responses}) == 50
     assert await job_count(pool) == 50
     assert 1 <= len(notified) < 50
+
+
+async def test_a_number_too_long_to_parse_is_a_bad_request(client, pool):
+    """A body whose number has more digits than JSON parsing allows answers 400, not 500."""
+    body = b'{"numImages": 1' + b"0" * 5000 + b"}"
+    response = await client.post("/generations", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await job_count(pool) == 0
+
+
+async def test_a_retry_with_its_key_gets_its_job_even_when_the_queue_is_full(small_queue_client, pool):
+    """Backpressure refuses new work, not replays: a retried POST with its Idempotency-Key
+    answers with its job while MAX_PENDING_JOBS are waiting."""
+    first = await post(small_queue_client, {"numImages": 1}, **{"Idempotency-Key": "full-1"})
+    for _ in range(2):
+        await post(small_queue_client, {"numImages": 1})
+    await asyncio.sleep(1.1)
+    assert (await post(small_queue_client, {"numImages": 1})).status_code == 503
+    again = await post(small_queue_client, {"numImages": 1}, **{"Idempotency-Key": "full-1"})
+    assert again.status_code == 202 and again.json()["jobId"] == first.json()["jobId"]
+    assert await job_count(pool) == 3

@@ -124,6 +124,22 @@ async def test_an_attempt_that_runs_too_long_times_out_as_a_transient_failure(po
     assert row["error"] == "timed out after 0.2s"
 
 
+async def test_a_timeout_inside_the_handler_is_its_own_failure_not_the_job_timeout(
+    pool, start_worker
+):
+    """A TimeoutError raised by the handler itself (a slow call it gave up on) fails the
+    attempt with that error; only JOB_TIMEOUT running out reads "timed out after"."""
+
+    async def gives_up(job: Job) -> None:
+        raise TimeoutError("the provider did not answer")
+
+    await start_worker(gives_up, timing=Timing(poll_interval=3600, job_timeout=30, retry_base=0.01))
+    job_id = await new_job(pool, max_attempts=1)
+    row = await reaches(pool, job_id, "failed")
+    assert "the provider did not answer" in row["error"]
+    assert "timed out after" not in row["error"]
+
+
 async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing(
     pool, start_worker
 ):
