@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import datetime, timezone
 
 from app.request_ids import RequestIdLogFilter
 
-_FIELDS = ("action", "job_id", "request_id")
+_FIELDS = ("action", "job_id", "request_id", "worker_id")
 JSON_FIELDS = ("action", "job_id", "request_id", "worker_id")
 """The `extra=` fields a JSON line carries. Listed, never "every extra", so that nothing large
 or private (image bytes) reaches the logs by accident."""
@@ -50,6 +51,18 @@ class JsonFormatter(logging.Formatter):
 _FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 
 
+worker_id: ContextVar[str | None] = ContextVar("worker_id", default=None)
+"""Set by a worker's run loop; every task it starts inherits it, so its records carry it."""
+
+
+class WorkerIdLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = worker_id.get()
+        if current is not None and not hasattr(record, "worker_id"):
+            record.worker_id = current
+        return True
+
+
 class DefaultAction(logging.Filter):
     """Records from libraries (uvicorn's start and stop lines, say) carry no `action`; give
     them their logger's name, so every line has one to filter on."""
@@ -66,6 +79,7 @@ def configure(level: str, fmt: str = "text") -> None:
     handler.setFormatter(_FORMATTERS[fmt]())
     handler.addFilter(RequestIdLogFilter())
     handler.addFilter(DefaultAction())
+    handler.addFilter(WorkerIdLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

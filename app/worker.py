@@ -26,7 +26,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
 
-from app import db, generation, queue, retention
+from app import db, generation, logs, queue, retention
 from app.db import CANCEL_CHANNEL, JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
 from app.metrics import WorkerMetrics
 from app.models import Job
@@ -145,6 +145,7 @@ class Worker:
     async def run(self, *, drain: bool = False) -> None:
         """Process jobs until `stop()`; with `drain=True`, until no job is pending or running."""
         self._draining = drain
+        logs.worker_id.set(self.id)
         listening = None if drain else asyncio.create_task(self.listener.run())
         beating = asyncio.create_task(self._heartbeat_forever())
         log.info("worker %s started", self.id, extra={"action": "worker_started"})

@@ -78,3 +78,21 @@ def test_log_format_setting_accepts_either_case_and_refuses_others():
     assert Settings(_env_file=None, log_format="JSON").log_format == "json"
     with pytest.raises(ValueError):
         Settings(_env_file=None, log_format="xml")
+
+
+async def test_records_logged_inside_a_worker_carry_its_id(capsys):
+    """Everything a worker's loop and its job tasks log carries that worker's id."""
+    import asyncio
+
+    logs.configure("INFO", "json")
+
+    async def worker_loop() -> None:
+        logs.worker_id.set("host-1-abcd")
+        await asyncio.create_task(job_task())
+
+    async def job_task() -> None:
+        log.info("completed job j-9", extra={"action": "job_completed", "job_id": "j-9"})
+
+    await worker_loop()
+    (record,) = json_lines(capsys.readouterr().err)
+    assert (record["worker_id"], record["job_id"]) == ("host-1-abcd", "j-9")
