@@ -9,6 +9,7 @@ Isolation is by database, never by rolled-back transaction: NOTIFY is delivered 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,9 +27,11 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app import migrate
+from app import migrate, queue
 from app.api import create_app
 from app.settings import Settings
+from app.worker import Timing, Worker
+from tests.support import TEST_TIMING
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +120,31 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
             yield http
+
+
+@pytest.fixture
+async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """Start in-process workers, each with its own pool and LISTEN connection, listening
+    before this returns; all are stopped (grace skipped) and awaited when the test ends."""
+    started: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
+
+    async def start(
+        handler: queue.Handler, *, concurrency: int = 4, timing: Timing = TEST_TIMING
+    ) -> Worker:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 3)
+        worker = Worker(
+            pool=pool, listen_url=database_url, handler=handler, concurrency=concurrency, timing=timing
+        )
+        started.append((worker, asyncio.create_task(worker.run()), pool))
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        return worker
+
+    yield start
+    for worker, task, pool in started:
+        worker.stop()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
 
 
 @pytest.fixture

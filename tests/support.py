@@ -9,7 +9,12 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from app.worker import Timing
+
 READY_TIMEOUT = 30
+TEST_TIMING = Timing(poll_interval=3600, lease_seconds=30, retry_base=0.2, retry_cap=0.4)
+"""In-process test workers: the safety sweep an hour away (only NOTIFY and timers wake
+them), quick retries."""
 TERMINAL = {"completed", "failed", "canceled"}
 
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 from openapi_spec_validator import validate
 from starlette.routing import Route
 

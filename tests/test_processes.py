@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.support import free_port, wait_ready, wait_until_terminal
 
+
 def assert_distinct_pngs(blobs: list[bytes], size: int) -> None:
     for blob in blobs:
         image = Image.open(io.BytesIO(blob))

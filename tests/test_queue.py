@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import asyncpg
-import pytest
 
 from app import generation, images, queue
 from app.db import JOBS_CHANNEL
@@ -17,7 +16,7 @@ from app.models import Job
 from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
-from app.worker import Timing, Worker
+from app.worker import Worker
 from tests.support import wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
@@ -63,38 +62,11 @@ class FailingProvider:
         raise ProviderError("the model is on fire")
 
 
-@pytest.fixture
-async def start_worker(database_url: str) -> AsyncIterator[StartWorker]:
-    """Start in-process workers, each with its own pool and LISTEN connection; all are
-    stopped and awaited when the test ends."""
-    running: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
-
-    async def start(handler: queue.Handler, *, concurrency: int = 4, poll_interval: float = 3600) -> Worker:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 2)
-        worker = Worker(
-            pool=pool,
-            listen_url=database_url,
-            handler=handler,
-            concurrency=concurrency,
-            timing=Timing(poll_interval=poll_interval, lease_seconds=30),
-        )
-        task = asyncio.create_task(worker.run())
-        running.append((worker, task, pool))
-        await asyncio.wait_for(worker.listener.connected.wait(), 10)
-        return worker
-
-    yield start
-    for worker, task, pool in running:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-        await pool.close()
-
-
 async def test_notify_wakes_an_idle_worker_without_any_sweep(pool, start_worker):
     """With the safety sweep an hour away, a job inserted after the worker went idle is still
     claimed at once: only the NOTIFY can have woken it."""
     handler = CountingHandler()
-    await start_worker(handler, poll_interval=3600)
+    await start_worker(handler)
     await asyncio.sleep(0.2)  # let the start-up sweep find the queue empty and go idle
     [job_id] = await insert_jobs(pool, 1)
     await wait_for(lambda: _completed(pool, 1), timeout=5)

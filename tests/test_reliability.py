@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID
 
 import asyncpg
@@ -15,31 +14,7 @@ import pytest
 from app import queue
 from app.models import Job
 from app.worker import Timing, Worker
-from tests.support import wait_for
-
-FAST = Timing(poll_interval=3600, lease_seconds=30, retry_base=0.2, retry_cap=0.4)
-
-
-@pytest.fixture
-async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
-    """Start in-process workers with their own pools; all are stopped when the test ends."""
-    started: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
-
-    async def start(handler: queue.Handler, *, timing: Timing = FAST, concurrency: int = 4) -> Worker:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 3)
-        worker = Worker(
-            pool=pool, listen_url=database_url, handler=handler, concurrency=concurrency, timing=timing
-        )
-        started.append((worker, asyncio.create_task(worker.run()), pool))
-        await asyncio.wait_for(worker.listener.connected.wait(), 10)
-        return worker
-
-    yield start
-    for worker, task, pool in started:
-        worker.stop()
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-        await pool.close()
+from tests.support import TEST_TIMING, wait_for
 
 
 async def new_job(pool: asyncpg.Pool, *, max_attempts: int = 3) -> UUID:
@@ -90,7 +65,7 @@ async def test_a_transient_failure_is_retried_after_backoff_woken_by_a_timer(poo
     row = await reaches(pool, job_id, "completed")
     assert row["attempts"] == 2 and row["error"] is None
     (_, first), (_, second) = script.runs
-    assert FAST.retry_base * 0.5 <= second - first < FAST.retry_base + 2
+    assert TEST_TIMING.retry_base * 0.5 <= second - first < TEST_TIMING.retry_base + 2
 
 
 async def test_transient_failures_stop_after_the_last_attempt(pool, start_worker):
