@@ -167,8 +167,10 @@ async def create_generation(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 255:
         raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
-    fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
-    replay = None if key is None else await known_job(state.pool, key=key, fingerprint=fingerprint)
+    fingerprint, replay = "", None
+    if key is not None:
+        fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
+        replay = await known_job(state.pool, key=key, fingerprint=fingerprint)
     if replay is None and await state.backlog.full(state.pool):
         raise Problem(
             503,

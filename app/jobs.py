@@ -61,15 +61,13 @@ async def create_once(
 ) -> tuple[Job, bool]:
     """Create a job under an Idempotency-Key, or return the job the key already made (True).
 
-    The key is recorded in the job's own transaction. When two requests race with one key,
-    the second waits on the key's unique index, finds it taken, rolls its job back and answers
-    with the first's: never two jobs.
+    The key is recorded in the job's own transaction. When the key is taken (a request that
+    raced this one, or one the caller did not see), the insert is rolled back and the key's
+    job is answered instead: never two jobs. Callers look the key up first (`replay`), so the
+    rolled-back insert happens only on a real race.
     """
     async with pool.acquire() as conn:
         while True:
-            job = await replay(conn, key=key, fingerprint=fingerprint)
-            if job is not None:
-                return job, True
             try:
                 async with conn.transaction():
                     job = await create(
@@ -78,7 +76,10 @@ async def create_once(
                     if await conn.fetchval(queries.idempotency_claim, key, fingerprint, job.id, ttl) is None:
                         raise _LostRace
             except _LostRace:
-                continue
+                existing = await replay(conn, key=key, fingerprint=fingerprint)
+                if existing is not None:
+                    return existing, True
+                continue  # the winner's key expired or its job was deleted meanwhile
             return job, False
 
 

@@ -110,14 +110,16 @@ class HttpMetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route = scope.get("route")
-                template = route.path if isinstance(route, Route) else "unmatched"
-                self._timer(template, scope["method"]).observe(time.perf_counter() - started)
+                self._timer(_template(scope), scope["method"]).observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            template = route.path if isinstance(route, Route) else "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(_template(scope), scope["method"], str(status)).inc()
+
+
+def _template(scope: Scope) -> str:
+    """The matched route's path template; "unmatched" for unknown paths."""
+    route = scope.get("route")
+    return route.path if isinstance(route, Route) else "unmatched"

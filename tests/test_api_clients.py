@@ -241,3 +241,23 @@ async def test_a_retry_with_its_key_gets_its_job_even_when_the_queue_is_full(sma
     again = await post(small_queue_client, {"numImages": 1}, **{"Idempotency-Key": "full-1"})
     assert again.status_code == 202 and again.json()["jobId"] == first.json()["jobId"]
     assert await job_count(pool) == 3
+
+
+async def test_the_server_logs_carry_the_request_id(client, capsys):
+    """What the server logs while handling a request carries that request's X-Request-ID."""
+    import json
+    import logging
+
+    from app import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("INFO", "json")
+        await post(client, {"numImages": 1}, **{"X-Request-ID": "trace-log-1"})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    created = [record for record in records if record.get("action") == "job_created"]
+    assert created and created[0]["request_id"] == "trace-log-1"
