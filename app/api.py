@@ -50,19 +50,30 @@ _job_list = TypeAdapter(list[JobOut])
 
 class Backlog:
     """How many jobs are pending, read at most once a second per process and counted no
-    further than the limit, so that refusing work never costs a count(*) per request."""
+    further than the limit, so that refusing work never costs a count(*) per request.
+    Requests that find the figure stale while it is being read share that one read."""
 
     def __init__(self, limit: int, *, max_age: float = 1.0) -> None:
         self.limit = limit
         self._max_age = max_age
         self._count = 0
         self._read_at = float("-inf")
+        self._reading: asyncio.Future[int] | None = None
 
     async def full(self, pool: asyncpg.Pool) -> bool:
         if time.monotonic() - self._read_at > self._max_age:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(pool))
+            await asyncio.shield(self._reading)
+        return self._count >= self.limit
+
+    async def _read(self, pool: asyncpg.Pool) -> int:
+        try:
             self._count = await jobs.pending_count(pool, cap=self.limit)
             self._read_at = time.monotonic()
-        return self._count >= self.limit
+            return self._count
+        finally:
+            self._reading = None
 
 
 class State(TypedDict):

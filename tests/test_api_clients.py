@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app import generation
-from app.api import create_app
+from app.api import Backlog, create_app
 from app.providers.local import LocalProvider
 from app.settings import Settings
 from app.worker import Timing, Worker
@@ -164,6 +165,31 @@ async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_belo
     await pool.execute("UPDATE jobs SET status = 'canceled' WHERE id IN (SELECT id FROM jobs LIMIT 1)")
     await asyncio.sleep(1.1)
     assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
+
+
+class CountingPool:
+    """The real pool, counting the statements sent through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statements = 0
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.statements += 1
+        return await self.pool.fetchval(*args)
+
+
+async def test_requests_that_find_the_pending_count_stale_share_one_read(pool):
+    """Fifty requests arriving while the pending count is stale send one count to PostgreSQL,
+    not fifty (a burst of POSTs once a second was a burst of counts), and all get its answer."""
+    await pool.execute("INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, 5)")
+    counting = CountingPool(pool)
+    backlog = Backlog(5)
+    answers = await asyncio.gather(*(backlog.full(counting) for _ in range(50)))
+    assert answers == [True] * 50
+    assert counting.statements == 1
+    assert await Backlog(6).full(counting) is False
+    assert counting.statements == 2
 
 
 # Conditional GET and request ids
