@@ -47,17 +47,21 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
         await conn.execute(queries.rollback)
 
 
-async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
+async def create_pool(url: str, *, size: int, durable_commits: bool = True) -> asyncpg.Pool:
     """A pool that opens connections on demand, so it can be created while PostgreSQL is down;
-    connections that die are replaced at their next use."""
+    connections that die are replaced at their next use.
+
+    `durable_commits=False` commits without waiting for the WAL flush (synchronous_commit off)
+    and keeps idle connections open: only for the worker's claims (see Worker._claim_pool)."""
     return await asyncpg.create_pool(
         url,
         min_size=0,
         max_size=size,
         timeout=5,
         command_timeout=30,
-        max_inactive_connection_lifetime=300,
+        max_inactive_connection_lifetime=300 if durable_commits else 0,
         reset=_keep_session,
+        server_settings=None if durable_commits else {"synchronous_commit": "off"},
     )
 
 

@@ -3,7 +3,9 @@ retries, hand-back), with a handler that first records each run in the test data
 `handler_runs` table, so a test can count per job how often the handler ran.
 
 FAULT_HANDLER=generation (default) then runs the real generation; FAULT_HANDLER=dice instead
-succeeds, fails transiently or fails permanently at random (FAULT_FAIL_RATE).
+succeeds, fails transiently or fails permanently at random (FAULT_FAIL_RATE);
+FAULT_HANDLER=quiet first waits FAULT_QUIET_SECONDS without writing anything, then records
+its run and generates.
 """
 
 import asyncio
@@ -45,7 +47,9 @@ def recording_handler(pool: asyncpg.Pool, config: Settings) -> Handler:
         )
 
     async def handle(job: Job) -> None:
-        if kind == "generation":
+        if kind == "quiet":
+            await asyncio.sleep(float(os.environ.get("FAULT_QUIET_SECONDS", "1")))
+        if kind in ("generation", "quiet"):
             await record(job, "started")
             await generate(job)
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -233,8 +234,8 @@ class PrivateCluster:
             list(args), pgdata=self.pgdata, user=self.server.system_user  # type: ignore[attr-defined]
         )
 
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("-w", "-m", mode, "stop")
 
     def start(self) -> None:
         socket_dir = self.server.get_postmaster_info().socket_dir  # type: ignore[attr-defined]
@@ -294,6 +295,70 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
             job = await wait_until_terminal(http, location, timeout=60)
             assert job["status"] == "completed", job
     assert server.poll() is None and worker.poll() is None
+
+
+async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
+    private_cluster: PrivateCluster, spawn: Spawn
+):
+    """Claims commit without waiting for the WAL flush. PostgreSQL crashes (immediate stop)
+    right after a claim, before anything flushed it: the claim is gone, the job is pending
+    again with its attempt uncounted. The worker, still running that try, checks its leases
+    as soon as it reconnects, stops the stale run before it writes anything, claims the job
+    again and completes it once, with its images once."""
+    url = private_cluster.url
+    admin = await asyncpg.connect(url)
+    try:
+        # Only the WAL writer's timer may flush in the window; make it wait its longest.
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute(HANDLER_RUNS)
+    finally:
+        await admin.close()
+    port = free_port()
+    env = fast_settings(
+        url, FAULT_HANDLER="quiet", FAULT_QUIET_SECONDS="5", LEASE_SECONDS="60",
+        WORKER_CONCURRENCY="1", WORKER_METRICS_PORT=str(port),
+    )
+    spawn("tests/fault_worker.py", env=env)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    async with httpx.AsyncClient(timeout=2) as http:
+        async def worker_counts() -> dict[str, float]:
+            try:
+                text = (await http.get(metrics_url)).text
+            except httpx.TransportError:
+                return {}
+            return {
+                event: float(value)
+                for event, value in re.findall(r'menagerie_worker_jobs_total\{event="(\w+)"\} (\S+)', text)
+            }
+
+        await wait_for(worker_counts, timeout=20, interval=0.1)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            job_id = await pool.fetchval("INSERT INTO jobs (num_images, animal) VALUES (2, 'owl') RETURNING id")
+            await wait_for(lambda: pool.fetchval("SELECT status = 'processing' FROM jobs"), timeout=10)
+        finally:
+            await pool.close()
+        await asyncio.to_thread(private_cluster.stop, "immediate")
+        await asyncio.to_thread(private_cluster.start)
+        conn = await asyncpg.connect(url)
+        try:
+            after_crash = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
+            assert dict(after_crash) == {"status": "pending", "attempts": 0}
+            await wait_for(
+                lambda: conn.fetchval("SELECT status = 'completed' FROM jobs WHERE id = $1", job_id),
+                timeout=30,
+            )
+            job = await conn.fetchrow(
+                "SELECT attempts, (SELECT count(*) FROM images WHERE job_id = $1) AS images, "
+                "(SELECT count(*) FROM handler_runs WHERE job_id = $1) AS runs FROM jobs WHERE id = $1",
+                job_id,
+            )
+        finally:
+            await conn.close()
+        assert dict(job) == {"attempts": 1, "images": 2, "runs": 1}
+        counts = await worker_counts()
+        assert counts["claimed"] == 2 and counts["lost"] == 1 and counts["completed"] == 1, counts
 
 
 async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):
