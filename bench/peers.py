@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEASURES = ("pickup-idle", "pickup-300", "drain", "enqueue-rate")
-PEERS = ("menagerie", "pgqueuer", "procrastinate")
+PEERS = ("menagerie", "pgqueuer", "procrastinate", "bare")
 
 # Workload sizes: (full, quick).
 IDLE_JOBS = (100, 20)
@@ -490,8 +490,89 @@ class MenageriePeer(Peer):
         return version("menagerie")
 
 
+class BarePeer(Peer):
+    """No library: about the least a LISTEN/NOTIFY + SKIP LOCKED queue can cost here. A
+    two-column table with a statement trigger that NOTIFYs; a worker that claims up to
+    ``batch_size`` rows in one UPDATE, runs them inline and deletes them in one DELETE. No
+    leases, retries, history, events or concurrency: a ceiling to read the queues against,
+    not a queue to use."""
+
+    name = "bare"
+    module = "asyncpg"
+    bulk_chunk = 5_000
+    defaults: ClassVar[dict[str, Any]] = {"batch_size": 100, "event_loop": "uvloop"}
+    schema = """
+        CREATE TABLE bare_jobs (
+            id      bigserial PRIMARY KEY,
+            payload jsonb NOT NULL,
+            claimed boolean NOT NULL DEFAULT false
+        );
+        CREATE INDEX bare_jobs_queued ON bare_jobs (id) WHERE NOT claimed;
+        CREATE FUNCTION bare_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('bare_jobs', ''); RETURN NULL; END $$;
+        CREATE TRIGGER bare_wake AFTER INSERT ON bare_jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION bare_wake();
+    """
+    claim = """
+        UPDATE bare_jobs SET claimed = true
+        WHERE id IN (SELECT id FROM bare_jobs WHERE NOT claimed ORDER BY id LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+        RETURNING id, payload
+    """
+
+    async def install(self, dsn: str) -> None:
+        async with connected(dsn) as conn:
+            await conn.execute(self.schema)
+
+    @contextlib.asynccontextmanager
+    async def producer(self, dsn: str, pool_size: int) -> AsyncIterator[Producer]:
+        class _Producer(Producer):
+            def __init__(self, pool: asyncpg.Pool) -> None:
+                self.pool = pool
+
+            async def enqueue(self, payload: dict[str, Any]) -> None:
+                await self.pool.execute("INSERT INTO bare_jobs (payload) VALUES ($1)", json.dumps(payload))
+
+            async def enqueue_many(self, payloads: list[dict[str, Any]]) -> None:
+                await self.pool.execute(
+                    "INSERT INTO bare_jobs (payload) SELECT unnest($1::jsonb[])",
+                    [json.dumps(p) for p in payloads],
+                )
+
+        async with asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size) as pool:
+            yield _Producer(pool)
+
+    async def serve(self, dsn: str, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+        async with connected(dsn) as listening, connected(dsn) as conn:
+            await listening.add_listener("bare_jobs", lambda *_: wake.set())
+            stopping = asyncio.ensure_future(stop.wait())
+            while not stop.is_set():
+                wake.clear()
+                rows = await conn.fetch(self.claim, self.settings["batch_size"])
+                if not rows:
+                    woken = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait([woken, stopping], return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                    continue
+                for row in rows:
+                    PROBE.record(time.time(), row["payload"])
+                await conn.execute("DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+
+    async def remaining(self, conn: asyncpg.Connection) -> int:
+        return await conn.fetchval("SELECT count(*) FROM bare_jobs")
+
+    def version(self) -> str:
+        return "asyncpg " + asyncpg.__version__
+
+
 def get_peer(name: str, overrides: dict[str, str] | None = None) -> Peer:
-    peers = {"menagerie": MenageriePeer, "pgqueuer": PgQueuerPeer, "procrastinate": ProcrastinatePeer}
+    peers = {
+        "menagerie": MenageriePeer,
+        "pgqueuer": PgQueuerPeer,
+        "procrastinate": ProcrastinatePeer,
+        "bare": BarePeer,
+    }
     return peers[name](overrides)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "RESULTS.md"
 NOTES_MARKER = "<!-- notes: kept across runs -->"
-PEERS = ("menagerie", "pgqueuer", "procrastinate")
+PEERS = ("menagerie", "pgqueuer", "procrastinate", "bare")
 QUEUE_MEASURES = ("pickup-idle", "pickup-300", "drain", "enqueue-rate")
 
 
@@ -59,7 +59,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float, float
 
 
 def available(peer: str) -> bool:
-    return peer == "menagerie" or importlib.util.find_spec(peer) is not None
+    return peer in ("menagerie", "bare") or importlib.util.find_spec(peer) is not None
 
 
 def collect(quick: bool, runs: int, peers: list[str], peer_runs: dict[str, int]) -> dict[str, Any]:
@@ -127,8 +127,8 @@ ROWS = [
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| measure | menagerie | PGQueuer | procrastinate | menagerie ÷ PGQueuer | target |",
-        "|---|---|---|---|---|---|",
+        "| measure | menagerie | PGQueuer | procrastinate | bare asyncpg (ceiling) | menagerie ÷ PGQueuer | target |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, measure, figure, target in ROWS:
         ours = value(results, f"{measure}/menagerie", figure)
@@ -141,7 +141,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {cell(results, f'{measure}/menagerie', figure, 2)} | "
             f"{cell(results, f'{measure}/pgqueuer', figure, 2)} | "
-            f"{cell(results, f'{measure}/procrastinate', figure, 2)} | {ratio(ours, theirs)} | {verdict} |"
+            f"{cell(results, f'{measure}/procrastinate', figure, 2)} | "
+            f"{cell(results, f'{measure}/bare', figure, 2)} | {ratio(ours, theirs)} | {verdict} |"
         )
     enqueue = value(results, "enqueue-rate/pgqueuer", "jobs_per_s")
     post = value(results, "http-post/menagerie", "requests_per_s")
@@ -206,6 +207,10 @@ ratio compares figures measured in this one run, on this machine.
 - Versions: {versions()}
 - Commands: `python bench/peers.py --peer P --measure M` for the queue measures,
   `python bench/web.py --measure post|get` (wrk) for HTTP, `python bench/scale.py` for scale.
+- bare asyncpg: no library, a two-column table, claim-100 then delete-100 on one connection
+  (`bench/peers.py`, `BarePeer`): about the least a LISTEN/NOTIFY + SKIP LOCKED queue costs
+  here, without leases, retries, history or events. A ceiling, not a peer.
+- Scale: an empty and a loaded database measured in alternation, 5 calls at a time.
 - Pickup latency, client clock: from the producer's clock right after its enqueue call returned
   (its commit) to the handler's first line, same machine clock, for all three queues. Database
   clock (menagerie only): `started_at - created_at` of each job, both stamped by PostgreSQL.

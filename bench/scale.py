@@ -1,10 +1,12 @@
 """Scale: does claiming and listing stay as fast with a million finished jobs in the table?
 
-Times, on one database, first nearly empty and then with N finished jobs added (1,000,000 in
-full mode): claiming 10 due jobs (the worker's statement), the first page of GET
-/generations (50 jobs, newest first) and the page after it (keyset cursor). Each figure is
-the median of many calls, measured from the client (asyncpg) through the project's own
-query functions. Prints one JSON line with both sets and their ratios.
+Two databases side by side, both with the same few thousand pending jobs: one with nothing
+else, one with N finished jobs added (1,000,000 in full mode). Times claiming 10 due jobs (the
+worker's statement), the first page of GET /generations (50 jobs, newest first) and the page
+after it (keyset cursor), through the project's own query functions, measured from the
+client (asyncpg). The two databases are measured in alternation, a few calls at a time, so
+that the machine's drift and noise fall on both alike; each figure is the median of all its
+calls. Prints one JSON line with both sets and their ratios.
 
 Usage::
 
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,74 +38,98 @@ from peers import dsn_for_database  # noqa: E402
 
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (1_000_000, 50_000)  # full, quick
-CALLS = 200
+ROUNDS = (60, 10)  # full, quick: alternations between the two databases
+CALLS_PER_ROUND = 5
+PENDING = 3_000  # more than all the rounds' claims take (ROUNDS * CALLS_PER_ROUND * 10)
 
 
-async def timed(call: Callable[[], Awaitable[Any]], calls: int = CALLS) -> float:
-    """Median milliseconds of `calls` calls (after a few to warm plans and caches)."""
-    for _ in range(5):
-        await call()
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(samples), 3)
-
-
-async def figures(pool: asyncpg.Pool) -> dict[str, float]:
-    await pool.execute("INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, 1200)")
-    await pool.execute("VACUUM ANALYZE jobs")
-
-    async def claim() -> None:
-        await queue.claim(pool, worker_id="bench", limit=10, lease_seconds=30)
-
-    first = await jobs.list_page(pool, status=None, after=None, limit=51)
-    after = (first[49].created_at, first[49].id)
+def operations(pool: asyncpg.Pool, after: tuple[Any, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
-        "claim_10_ms": await timed(claim, calls=100),
-        "list_first_page_ms": await timed(lambda: jobs.list_page(pool, status=None, after=None, limit=51)),
-        "list_next_page_ms": await timed(lambda: jobs.list_page(pool, status=None, after=after, limit=51)),
+        "claim_10_ms": lambda: queue.claim(pool, worker_id="bench", limit=10, lease_seconds=30),
+        "list_first_page_ms": lambda: jobs.list_page(pool, status=None, after=None, limit=51),
+        "list_next_page_ms": lambda: jobs.list_page(pool, status=None, after=after, limit=51),
     }
 
 
-async def measure(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def database(admin: asyncpg.Connection, dsn_admin: str) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh migrated database (dropped afterwards) and a small pool on it."""
     name = f"bench_scale_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(dsn_admin)
     await admin.execute(f'CREATE DATABASE "{name}"')
     dsn = dsn_for_database(dsn_admin, name)
     try:
         await asyncio.to_thread(migrate.apply, dsn)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-        try:
-            empty = await figures(pool)
-            finished = FINISHED[1 if quick else 0]
-            started = time.perf_counter()
-            await pool.execute(
-                "INSERT INTO jobs (num_images, animal, status, attempts, created_at, updated_at, "
-                "started_at, finished_at) "
-                "SELECT 1, 'cat', 'completed', 1, "
-                "t, t, t, t FROM generate_series(1, $1) AS n, "
-                "LATERAL (SELECT now() - interval '1 day' + n * interval '1 millisecond') AS at (t)",
-                finished,
-            )
-            fill_s = time.perf_counter() - started
-            await pool.execute("UPDATE jobs SET status = 'completed', finished_at = now() WHERE status <> 'completed' AND status <> 'failed'")
-            loaded = await figures(pool)
-        finally:
-            await pool.close()
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+            yield pool
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def add_finished(pool: asyncpg.Pool, count: int) -> None:
+    """`count` completed jobs, created over the day before the pending ones."""
+    await pool.execute(
+        "INSERT INTO jobs (num_images, animal, status, attempts, created_at, updated_at, "
+        "started_at, finished_at) "
+        "SELECT 1, 'cat', 'completed', 1, t, t, t, t FROM generate_series(1, $1) AS n, "
+        "LATERAL (SELECT now() - interval '1 day' + n * interval '1 millisecond') AS at (t)",
+        count,
+    )
+
+
+async def add_pending(pool: asyncpg.Pool) -> tuple[Any, Any]:
+    """The pending jobs both databases share; returns the cursor after the first page."""
+    await pool.execute("INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, $1)", PENDING)
+    await pool.execute("VACUUM ANALYZE jobs")
+    first = await jobs.list_page(pool, status=None, after=None, limit=51)
+    return (first[49].created_at, first[49].id)
+
+
+async def interleaved(pools: dict[str, asyncpg.Pool], cursors: dict[str, Any], rounds: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds per database and operation, the databases taking turns."""
+    ops = {label: operations(pool, cursors[label]) for label, pool in pools.items()}
+    for label in pools:  # warm plans and caches
+        for call in ops[label].values():
+            for _ in range(5):
+                await call()
+    samples: dict[str, dict[str, list[float]]] = {label: {op: [] for op in ops[label]} for label in pools}
+    order = list(pools)
+    for _ in range(rounds):
+        order.reverse()  # neither database always goes first
+        for label in order:
+            for op, call in ops[label].items():
+                for _ in range(CALLS_PER_ROUND):
+                    started = time.perf_counter()
+                    await call()
+                    samples[label][op].append((time.perf_counter() - started) * 1000)
+    return {
+        label: {op: round(statistics.median(values), 3) for op, values in by_op.items()}
+        for label, by_op in samples.items()
+    }
+
+
+async def measure(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
+    finished = FINISHED[1 if quick else 0]
+    admin = await asyncpg.connect(dsn_admin)
+    try:
+        async with database(admin, dsn_admin) as empty, database(admin, dsn_admin) as loaded:
+            started = time.perf_counter()
+            await add_finished(loaded, finished)
+            fill_s = time.perf_counter() - started
+            cursors = {"empty": await add_pending(empty), "loaded": await add_pending(loaded)}
+            result = await interleaved({"empty": empty, "loaded": loaded}, cursors, ROUNDS[1 if quick else 0])
+    finally:
         await admin.close()
+    empty_figures, loaded_figures = result["empty"], result["loaded"]
     return {
         "measure": "scale",
         "quick": quick,
         "finished_jobs": finished,
         "fill_seconds": round(fill_s, 1),
+        "calls_per_figure": ROUNDS[1 if quick else 0] * CALLS_PER_ROUND,
         "figures": {
-            "empty": empty,
-            "loaded": loaded,
-            "ratio": {key: round(loaded[key] / empty[key], 2) for key in empty},
+            "empty": empty_figures,
+            "loaded": loaded_figures,
+            "ratio": {key: round(loaded_figures[key] / empty_figures[key], 2) for key in empty_figures},
         },
     }
 
