@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from http import HTTPStatus
@@ -66,8 +67,11 @@ class GenerationRequest(BaseModel):
         return value
 
 
-class Job(BaseModel):
-    """A row of `jobs`, plus the indexes of its stored images."""
+@dataclass(slots=True)
+class Job:
+    """A row of `jobs`, plus the indexes of its stored images. A plain dataclass, not a
+    pydantic model: it is built for every claimed job from rows whose types PostgreSQL
+    already guarantees, and only JobOut faces clients."""
 
     id: UUID
     status: JobStatus
@@ -83,14 +87,13 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    image_indexes: list[int] = []
+    image_indexes: list[int] = field(default_factory=list)
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
-        """Trusts the database's types (no validation: this runs for every claimed job)."""
         fields = dict(record)
         fields["status"] = JobStatus(fields["status"])
-        return cls.model_construct(**fields)
+        return cls(**fields)
 
 
 EXAMPLE_JOB = {

@@ -242,7 +242,7 @@ class Worker:
             job.max_attempts,
             extra={"action": "job_claimed", "job_id": str(job.id)},
         )
-        self.metrics.jobs.labels("claimed").inc()
+        self.metrics.job_events["claimed"].inc()
         if job.started_at is not None:
             self.metrics.pickup.observe(max(0.0, (job.started_at - job.run_at).total_seconds()))
         self.metrics.in_flight.inc()
@@ -287,13 +287,13 @@ class Worker:
                 raise
             log.info("stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", **extra})
             if reason != "shutdown":
-                self.metrics.jobs.labels(reason).inc()
+                self.metrics.job_events[reason].inc()
             return
         except JobTimedOut:
             await self._failed(job, f"timed out after {self._timing.job_timeout:g}s", retryable=True)
         except queue.OwnershipLost:
             log.warning("lost job %s", job.id, extra={"action": "job_lost", **extra})
-            self.metrics.jobs.labels("lost").inc()
+            self.metrics.job_events["lost"].inc()
         except queue.JobFailed as exc:
             await self._failed(job, str(exc) or type(exc).__name__, retryable=exc.retryable)
         except Exception as exc:
@@ -302,7 +302,7 @@ class Worker:
         else:
             if await self._record(lambda: self._completions.submit(job), job):
                 log.info("completed job %s", job.id, extra={"action": "job_completed", **extra})
-                self.metrics.jobs.labels("completed").inc()
+                self.metrics.job_events["completed"].inc()
 
     async def _run_handler(self, running: Running) -> None:
         started = time.perf_counter()
@@ -335,11 +335,11 @@ class Worker:
                     error,
                     extra={"action": "job_retried", **extra},
                 )
-                self.metrics.jobs.labels("retried").inc()
+                self.metrics.job_events["retried"].inc()
             return
         if await self._record(lambda: queue.fail(self._pool, error=error, **owner), job):
             log.info("failed job %s: %s", job.id, error, extra={"action": "job_failed", **extra})
-            self.metrics.jobs.labels("failed").inc()
+            self.metrics.job_events["failed"].inc()
 
     async def _record(self, write: Callable[[], Awaitable[bool]], job: Job) -> bool:
         """Write a job's outcome, riding out a database outage for up to one lease (after
@@ -398,7 +398,7 @@ class Worker:
             running=len(self._running),
         )
         for row in await queue.reclaim_expired(self._pool):
-            self.metrics.jobs.labels("reclaimed").inc()
+            self.metrics.job_events["reclaimed"].inc()
             log.warning(
                 "reclaimed job %s from %s: now %s",
                 row["id"],
@@ -448,7 +448,7 @@ class Worker:
                 extra={"action": "hand_back_failed"},
             )
             return
-        self.metrics.jobs.labels("handed_back").inc(len(handed))
+        self.metrics.job_events["handed_back"].inc(len(handed))
         for job_id in handed:
             log.info("handed back job %s", job_id, extra={"action": "job_handed_back", "job_id": str(job_id)})
 
