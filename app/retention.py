@@ -1,6 +1,7 @@
 """Retention: finished jobs (completed, failed, canceled) are deleted with their images once
-they finished more than RETENTION_DAYS days ago; RETENTION_DAYS=0 keeps everything. Pending
-and processing jobs are never deleted.
+they finished more than RETENTION_DAYS days ago; RETENTION_DAYS=0 keeps every job. Pending
+and processing jobs are never deleted. Expired Idempotency-Key records are forgotten in any
+case.
 
 Every worker runs `run_forever`, yet only one sweeps at a time. Each batch is its own short
 transaction that first tries `pg_try_advisory_xact_lock` and stops the sweep at once when
@@ -83,6 +84,18 @@ async def sweep(
     return deleted
 
 
+async def forget_expired_keys(pool: asyncpg.Pool, *, batch_size: int = 500, pause: float = PAUSE) -> int:
+    """Delete the expired Idempotency-Key records, `batch_size` per statement; return how
+    many. No lock needed: SKIP LOCKED keeps concurrent workers off each other's rows."""
+    forgotten = 0
+    while True:
+        count = await pool.fetchval(queries.retention_delete_expired_keys, batch_size)
+        forgotten += count
+        if count < batch_size:
+            return forgotten
+        await asyncio.sleep(pause)
+
+
 async def run_forever(
     pool: asyncpg.Pool,
     *,
@@ -90,15 +103,15 @@ async def run_forever(
     batch_size: int = 500,
     interval: float = 600.0,
 ) -> None:
-    """Sweep every `interval` seconds (jittered by ±20%, so that workers started together do
-    not all try at once) until the task is canceled; a batch cut short by cancellation rolls
-    back. Returns at once when `older_than_days` is 0. A sweep that fails on a database error
-    is logged and tried again at the next interval."""
-    if older_than_days <= 0:
-        return
+    """Every `interval` seconds (jittered by ±20%, so that workers started together do not
+    all try at once), until the task is canceled: sweep old finished jobs (unless
+    `older_than_days` is 0) and forget expired idempotency keys. A batch cut short by
+    cancellation rolls back. A sweep that fails on a database error is logged and tried
+    again at the next interval."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))
         try:
             await sweep(pool, older_than_days=older_than_days, batch_size=batch_size)
+            await forget_expired_keys(pool, batch_size=batch_size)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             log.warning("retention sweep failed: %s", exc, extra={"action": "retention_failed"})

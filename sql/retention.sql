@@ -23,3 +23,19 @@ USING (
 ) AS expired
 WHERE jobs.id = expired.id
 RETURNING jobs.id;
+
+-- name: retention_delete_expired_keys
+-- Forgets up to $1 Idempotency-Key records past their expiry (lookups already ignore them),
+-- whatever RETENTION_DAYS says: they are no one's history. Returns how many it deleted.
+-- $1 how many at most
+WITH expired AS (
+    DELETE FROM idempotency_keys
+    WHERE key IN (
+        SELECT key FROM idempotency_keys
+        WHERE expires_at <= now()
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM expired;

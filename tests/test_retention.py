@@ -122,6 +122,44 @@ async def test_run_forever_sweeps_until_canceled(pool):
     assert loop.cancelled()
 
 
-async def test_run_forever_returns_at_once_when_keeping_everything(pool):
-    """With RETENTION_DAYS=0 the retention loop ends immediately instead of sweeping."""
-    await asyncio.wait_for(retention.run_forever(pool, older_than_days=0), timeout=1)
+async def add_key(pool: asyncpg.Pool, key: str, *, expires_in: float) -> None:
+    job_id = await add_job(pool, "completed", finished_days_ago=0)
+    await pool.execute(
+        "INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at) "
+        "VALUES ($1, 'f', $2, now() + make_interval(secs => $3))",
+        key, job_id, expires_in,
+    )
+
+
+async def keys(pool: asyncpg.Pool) -> set[str]:
+    return {row["key"] for row in await pool.fetch("SELECT key FROM idempotency_keys")}
+
+
+async def test_expired_idempotency_keys_are_forgotten_in_batches_and_live_ones_kept(pool):
+    """Every expired Idempotency-Key record goes, batch after batch; live ones stay, and so do
+    the jobs of both."""
+    for n in range(5):
+        await add_key(pool, f"old-{n}", expires_in=-60)
+    await add_key(pool, "live", expires_in=3600)
+    assert await retention.forget_expired_keys(pool, batch_size=2, pause=0) == 5
+    assert await keys(pool) == {"live"}
+    assert len(await remaining(pool)) == 6
+
+
+async def test_keeping_every_job_still_forgets_expired_keys(pool):
+    """With RETENTION_DAYS=0 the retention loop deletes no job, old or not, but still forgets
+    expired idempotency keys."""
+    old_job = (await add_old_jobs(pool, 1))[0]
+    await add_key(pool, "old", expires_in=-60)
+    loop = asyncio.create_task(retention.run_forever(pool, older_than_days=0, interval=0.05))
+    try:
+        await wait_for(lambda: _no_keys(pool))
+        await asyncio.sleep(0.2)  # a few more rounds
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert old_job in await remaining(pool)
+
+
+async def _no_keys(pool: asyncpg.Pool) -> bool:
+    return not await keys(pool)
