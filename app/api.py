@@ -440,7 +440,7 @@ def create_app(settings: Settings) -> Starlette:
                 "watch": watch,
                 "backlog": Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
-                "creations": jobs.creations(pool),
+                "creations": jobs.creations(pool, max_batch=settings.insert_batch_max),
             }
         finally:
             listening.cancel()

@@ -31,14 +31,14 @@ async def create_many(
     return [created[job_id] for job_id in ids]
 
 
-def creations(pool: asyncpg.Pool) -> Batcher[tuple[int, str, int], Job]:
+def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[tuple[int, str, int], Job]:
     """Creates jobs for concurrent requests together (see app/batching.py): one INSERT, one
     commit and one NOTIFY for all the requests that arrive while the previous insert runs."""
 
     async def write(batch: list[tuple[int, str, int]]) -> list[Job]:
         return await create_many(pool, specs=batch)
 
-    return Batcher(write)
+    return Batcher(write, max_batch=max_batch)
 
 
 class IdempotencyConflict(Exception):

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     idempotency_ttl: PositiveSeconds = 86_400.0
     sse_heartbeat: PositiveSeconds = 15.0
     db_pool_size: int = Field(10, ge=1, le=200)
+    insert_batch_max: int = Field(500, ge=1, le=5_000)
+    """At most this many concurrent POSTs share one INSERT (and one commit and one NOTIFY);
+    1 inserts every job on its own."""
 
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)

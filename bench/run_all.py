@@ -76,13 +76,18 @@ def collect(quick: bool, runs: int, peers: list[str], peer_runs: dict[str, int])
             ]
             results[f"{measure}/{peer}"] = summarise(figures)
             print(f"  {measure:13} {peer:14} done", file=sys.stderr, flush=True)
-    for measure in ("post", "get"):
+    http = {
+        "http-post": ["--measure", "post"],
+        "http-post-ungrouped": ["--measure", "post", "--server-env", "INSERT_BATCH_MAX=1"],
+        "http-get": ["--measure", "get"],
+    }
+    for key, args in http.items():
         if shutil.which("wrk") is None:
-            results[f"http-{measure}/menagerie"] = "skipped: wrk not installed"
+            results[f"{key}/menagerie"] = "skipped: wrk not installed"
             continue
-        figures = [run_json([str(BENCH / "web.py"), "--measure", measure, *flag])["figures"] for _ in range(runs)]
-        results[f"http-{measure}/menagerie"] = summarise(figures)
-        print(f"  http-{measure:8} menagerie      done", file=sys.stderr, flush=True)
+        figures = [run_json([str(BENCH / "web.py"), *args, *flag])["figures"] for _ in range(runs)]
+        results[f"{key}/menagerie"] = summarise(figures)
+        print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
     scale = run_json([str(BENCH / "scale.py"), *flag])
     results["scale/menagerie"] = summarise([scale["figures"]])
     results["scale_rows"] = scale["finished_jobs"]
@@ -157,6 +162,11 @@ def table(results: dict[str, Any]) -> str:
         f"{'met' if post and enqueue and post >= 1.5 * enqueue else 'NOT met'} |",
         f"| POST /generations p99, ms | {cell(results, 'http-post/menagerie', 'p99_ms', 2)} | "
         f"< 50 ms: {'met' if post_p99 is not None and post_p99 < 50 else 'NOT met'} |",
+        f"| POST, each job its own INSERT (INSERT_BATCH_MAX=1), req/s | "
+        f"{cell(results, 'http-post-ungrouped/menagerie', 'requests_per_s')} | "
+        f"– (grouping: {ratio(post, value(results, 'http-post-ungrouped/menagerie', 'requests_per_s'))}) |",
+        f"| POST, each job its own INSERT, p99, ms | "
+        f"{cell(results, 'http-post-ungrouped/menagerie', 'p99_ms', 2)} | – |",
         f"| GET /generations/{{id}}, req/s | {cell(results, 'http-get/menagerie', 'requests_per_s')} | "
         f"≥ 3,000: {'met' if get and get >= 3000 else 'NOT met'} |",
         f"| GET /generations/{{id}} p99, ms | {cell(results, 'http-get/menagerie', 'p99_ms', 2)} | – |",
@@ -206,7 +216,8 @@ ratio compares figures measured in this one run, on this machine.
   (the server under test, PostgreSQL, the peers' workers and the load generator share the cores).
 - Versions: {versions()}
 - Commands: `python bench/peers.py --peer P --measure M` for the queue measures,
-  `python bench/web.py --measure post|get` (wrk) for HTTP, `python bench/scale.py` for scale.
+  `python bench/web.py --measure post|get [--server-env INSERT_BATCH_MAX=1]` (wrk) for HTTP,
+  `python bench/scale.py` for scale.
 - bare asyncpg: no library, a two-column table, claim-100 then delete-100 on one connection
   (`bench/peers.py`, `BarePeer`): about the least a LISTEN/NOTIFY + SKIP LOCKED queue costs
   here, without leases, retries, history or events. A ceiling, not a peer.

@@ -9,7 +9,7 @@ machine (2 cores here: the load generator competes with the server and PostgreSQ
 
 Usage::
 
-    python bench/web.py --measure post [--quick] [--connections 64]
+    python bench/web.py --measure post [--quick] [--connections 64] [--server-env INSERT_BATCH_MAX=1]
 
 Prints one JSON line. Needs wrk (Debian package ``wrk``).
 """
@@ -70,8 +70,8 @@ async def fresh_database(dsn_admin: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def server(dsn: str) -> AsyncIterator[str]:
-    """A real server.py on a free port; its base URL."""
+async def server(dsn: str, extra_env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A real server.py on a free port (`extra_env` added to its settings); its base URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -79,6 +79,7 @@ async def server(dsn: str) -> AsyncIterator[str]:
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
         "MAX_PENDING_JOBS": "100000000",
+        **(extra_env or {}),
     }
     process = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=tempfile.gettempdir())
     base = f"http://127.0.0.1:{port}"
@@ -108,13 +109,15 @@ def wrk(url: str, *, connections: int, seconds: int, script: str | None = None) 
     return {"requests_per_s": rate, **latencies, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
 
 
-async def measure(name: str, *, quick: bool, connections: int, dsn_admin: str) -> dict[str, Any]:
+async def measure(
+    name: str, *, quick: bool, connections: int, dsn_admin: str, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     seconds = DURATION_S[1 if quick else 0]
     async with fresh_database(dsn_admin) as dsn:
         from app import migrate
 
         await asyncio.to_thread(migrate.apply, dsn)
-        async with server(dsn) as base:
+        async with server(dsn, extra_env) as base:
             if name == "post":
                 figures = await asyncio.to_thread(
                     wrk, f"{base}/generations", connections=connections, seconds=seconds, script=POST_SCRIPT
@@ -132,7 +135,13 @@ async def measure(name: str, *, quick: bool, connections: int, dsn_admin: str) -
                 )
             else:
                 raise ValueError(name)
-    return {"measure": f"http-{name}", "quick": quick, "connections": connections, "figures": figures}
+    return {
+        "measure": f"http-{name}",
+        "quick": quick,
+        "connections": connections,
+        "server_env": extra_env or {},
+        "figures": figures,
+    }
 
 
 def main() -> None:
@@ -141,12 +150,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the server under test, e.g. INSERT_BATCH_MAX=1 (repeatable)",
+    )
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
     if shutil.which("wrk") is None:
         sys.exit("bench/web.py needs wrk: apt-get install wrk")
     sys.path.insert(0, str(ROOT))
     result = asyncio.run(
-        measure(args.measure, quick=args.quick, connections=args.connections, dsn_admin=args.dsn_admin)
+        measure(
+            args.measure,
+            quick=args.quick,
+            connections=args.connections,
+            dsn_admin=args.dsn_admin,
+            extra_env=extra_env,
+        )
     )
     print(json.dumps(result), flush=True)
 
