@@ -27,15 +27,41 @@ WHERE (j.created_at, j.id) < ($1, $2)
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $3;
 
--- name: job_list_by_status
--- Like job_list, only jobs in status $1.
+-- name: job_list_finished
+-- Like job_list, only jobs in the finished status $1 (completed, failed or canceled). The
+-- status is also spelled out as a list, so that even a generic plan (which cannot see $1)
+-- knows jobs_status_created_idx holds every row it wants.
 -- $1 status, $2 cursor created_at, $3 cursor id, $4 limit
 SELECT j.*,
        ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes
 FROM jobs j
-WHERE j.status = $1 AND (j.created_at, j.id) < ($2, $3)
+WHERE j.status = $1 AND j.status IN ('completed', 'failed', 'canceled')
+  AND (j.created_at, j.id) < ($2, $3)
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $4;
+
+-- name: job_list_pending
+-- Like job_list, only pending jobs: read through jobs_pending_idx (there are at most about
+-- MAX_PENDING_JOBS of them), then sorted.
+-- $1 cursor created_at, $2 cursor id, $3 limit
+SELECT j.*,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes
+FROM jobs j
+WHERE j.status = 'pending' AND (j.created_at, j.id) < ($1, $2)
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $3;
+
+-- name: job_list_processing
+-- Like job_list, only processing jobs: a processing job always holds a lease, so they are
+-- read through jobs_lease_idx (there are as many as the workers' slots), then sorted.
+-- $1 cursor created_at, $2 cursor id, $3 limit
+SELECT j.*,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes
+FROM jobs j
+WHERE j.status = 'processing' AND j.lease_expires_at IS NOT NULL
+  AND (j.created_at, j.id) < ($1, $2)
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $3;
 
 -- name: job_claim
 -- Claims up to $2 due pending jobs, oldest first, for worker $1 in one statement;
@@ -189,9 +215,11 @@ SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT $1) AS c
 
 -- name: job_queue_depth
 -- Jobs pending and processing, and when the oldest due pending job fell due; reads only the
--- partial indexes, so it stays cheap however many finished jobs there are.
+-- partial indexes, so it stays cheap however many finished jobs there are (a processing job
+-- always holds a lease: the lease condition lets jobs_lease_idx serve the count).
 SELECT (SELECT count(*) FROM jobs WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM jobs WHERE status = 'processing') AS processing,
+       (SELECT count(*) FROM jobs
+        WHERE status = 'processing' AND lease_expires_at IS NOT NULL) AS processing,
        (SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= now()) AS oldest_due,
        now() AS now;
 
