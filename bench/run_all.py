@@ -208,7 +208,7 @@ def write_results(results: dict[str, Any], *, quick: bool, runs: int, seconds: f
     RESULTS.write_text(
         f"""# menagerie benchmark results
 
-Written by `python bench/run_all.py{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
+Written by `python bench/run_all.py{''.join(' ' + arg for arg in sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
 ({seconds / 60:.0f} min). Each cell: median of {runs} run(s) (fewer where the command line says so), (min–max) when they differ. Every
 ratio compares figures measured in this one run, on this machine.
 
