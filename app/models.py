@@ -91,9 +91,14 @@ class Job:
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
-        fields = dict(record)
+        """Columns the dataclass does not know are left out: a column added by a migration
+        must not break workers still running the previous release."""
+        fields = {name: value for name, value in record.items() if name in _JOB_FIELDS}
         fields["status"] = JobStatus(fields["status"])
         return cls(**fields)
+
+
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 
 
 EXAMPLE_JOB = {

@@ -160,11 +160,12 @@ class Worker:
         """Process jobs until `stop()`; with `drain=True`, until no job is pending or running."""
         self._draining = drain
         logs.worker_id.set(self.id)
+        # Opens no connection yet (min_size 0): cannot fail because PostgreSQL is down.
+        self._claim_pool = await db.create_pool(self._listen_url, size=1, durable_commits=False)
         listening = None if drain else asyncio.create_task(self.listener.run())
         beating = asyncio.create_task(self._heartbeat_forever())
         log.info("worker %s started", self.id, extra={"action": "worker_started"})
         self._wake.set()
-        self._claim_pool = await db.create_pool(self._listen_url, size=1, durable_commits=False)
         try:
             while not self._stopping:
                 await self._sleep_until_woken()
@@ -187,7 +188,10 @@ class Worker:
                 )
             except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
                 pass
-            await self._claim_pool.close()
+            try:
+                await asyncio.wait_for(self._claim_pool.close(), timeout=2)
+            except asyncio.TimeoutError:
+                self._claim_pool.terminate()
             log.info("worker %s stopped", self.id, extra={"action": "worker_stopped"})
 
     async def _sleep_until_woken(self) -> None:
@@ -247,10 +251,12 @@ class Worker:
             self.metrics.pickup.observe(max(0.0, (job.started_at - job.run_at).total_seconds()))
         self.metrics.in_flight.inc()
         stale = self._running.get(job.id)
-        if stale is not None:
+        if stale is not None and stale.job.attempts == job.attempts:
             # The claim of the run still going was lost in a crash of PostgreSQL (see
             # _claim_pool) and this worker claimed the job again, under the same attempt
-            # number: stop the old run; its writes would pass the same fence.
+            # number: stop the old run; its writes would pass the same fence. (A retry or a
+            # reclaim comes back with the next attempt number: its old run is only writing
+            # an outcome the fence already settles.)
             self._interrupt(stale, "lost")
         task = asyncio.create_task(self._execute(job))
         running = self._running[job.id] = Running(job, task)

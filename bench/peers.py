@@ -493,7 +493,8 @@ class MenageriePeer(Peer):
 class BarePeer(Peer):
     """No library: about the least a LISTEN/NOTIFY + SKIP LOCKED queue can cost here. A
     two-column table with a statement trigger that NOTIFYs; a worker that claims up to
-    ``batch_size`` rows in one UPDATE, runs them inline and deletes them in one DELETE. No
+    ``batch_size`` rows in one UPDATE, runs them inline and deletes them in one DELETE, on a
+    connection that commits without waiting for the WAL flush. No
     leases, retries, history, events or concurrency: a ceiling to read the queues against,
     not a queue to use."""
 
@@ -545,6 +546,8 @@ class BarePeer(Peer):
     async def serve(self, dsn: str, stop: asyncio.Event) -> None:
         wake = asyncio.Event()
         async with connected(dsn) as listening, connected(dsn) as conn:
+            # Commits without waiting for the WAL flush, as menagerie's claims do: a ceiling.
+            await conn.execute("SET synchronous_commit = off")
             await listening.add_listener("bare_jobs", lambda *_: wake.set())
             stopping = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
@@ -558,6 +561,7 @@ class BarePeer(Peer):
                 for row in rows:
                     PROBE.record(time.time(), row["payload"])
                 await conn.execute("DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+            stopping.cancel()
 
     async def remaining(self, conn: asyncpg.Connection) -> int:
         return await conn.fetchval("SELECT count(*) FROM bare_jobs")

@@ -219,8 +219,11 @@ ratio compares figures measured in this one run, on this machine.
   `python bench/web.py --measure post|get [--server-env INSERT_BATCH_MAX=1]` (wrk) for HTTP,
   `python bench/scale.py` for scale.
 - bare asyncpg: no library, a two-column table, claim-100 then delete-100 on one connection
-  (`bench/peers.py`, `BarePeer`): about the least a LISTEN/NOTIFY + SKIP LOCKED queue costs
-  here, without leases, retries, history or events. A ceiling, not a peer.
+  that commits without waiting for the WAL flush (`bench/peers.py`, `BarePeer`): about the
+  least a LISTEN/NOTIFY + SKIP LOCKED queue costs here, without leases, retries, history or
+  events. A ceiling, not a peer.
+- menagerie's claims commit without waiting for the WAL flush (every later write of the job
+  flushes them; README, "PostgreSQL crashes"); PGQueuer's and procrastinate's commit durably.
 - Scale: an empty and a loaded database measured in alternation, 5 calls at a time.
 - Pickup latency, client clock: from the producer's clock right after its enqueue call returned
   (its commit) to the handler's first line, same machine clock, for all three queues. Database

@@ -40,7 +40,7 @@ DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (1_000_000, 50_000)  # full, quick
 ROUNDS = (60, 10)  # full, quick: alternations between the two databases
 CALLS_PER_ROUND = 5
-PENDING = 3_000  # more than all the rounds' claims take (ROUNDS * CALLS_PER_ROUND * 10)
+PENDING = 4_000  # more than warming up and all the rounds' claims take ((5 + ROUNDS * CALLS_PER_ROUND) * 10)
 
 
 def operations(pool: asyncpg.Pool, after: tuple[Any, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:

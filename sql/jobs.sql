@@ -30,7 +30,7 @@ LIMIT $3;
 -- name: job_list_finished
 -- Like job_list, only jobs in the finished status $1 (completed, failed or canceled). The
 -- status is also spelled out as a list, so that even a generic plan (which cannot see $1)
--- knows jobs_status_created_idx holds every row it wants.
+-- knows jobs_finished_created_idx holds every row it wants.
 -- $1 status, $2 cursor created_at, $3 cursor id, $4 limit
 SELECT j.*,
        ARRAY(SELECT i.idx FROM images i WHERE i.job_id = j.id ORDER BY i.idx) AS image_indexes

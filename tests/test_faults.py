@@ -344,7 +344,11 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
         conn = await asyncpg.connect(url)
         try:
             after_crash = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
-            assert dict(after_crash) == {"status": "pending", "attempts": 0}
+            # Nothing flushed the claim, unless the WAL writer's 10 s timer happened to fire in
+            # the fraction of a second between claim and crash: then the claim survived, the
+            # first run goes on, and there is nothing to re-claim.
+            claim_lost = dict(after_crash) == {"status": "pending", "attempts": 0}
+            assert claim_lost or dict(after_crash) == {"status": "processing", "attempts": 1}
             await wait_for(
                 lambda: conn.fetchval("SELECT status = 'completed' FROM jobs WHERE id = $1", job_id),
                 timeout=30,
@@ -358,7 +362,10 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
             await conn.close()
         assert dict(job) == {"attempts": 1, "images": 2, "runs": 1}
         counts = await worker_counts()
-        assert counts["claimed"] == 2 and counts["lost"] == 1 and counts["completed"] == 1, counts
+        if claim_lost:
+            assert counts["claimed"] == 2 and counts["lost"] == 1 and counts["completed"] == 1, counts
+        else:
+            assert counts["claimed"] == 1 and counts["lost"] == 0 and counts["completed"] == 1, counts
 
 
 async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):

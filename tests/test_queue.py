@@ -289,6 +289,15 @@ async def test_listing_one_status_reads_few_rows_with_100k_finished_jobs(pool, s
     assert len(page) == (51 if status == "completed" else 5)
 
 
+async def test_a_column_added_by_a_later_migration_does_not_break_claiming(pool):
+    """Workers of the previous release keep claiming after a migration adds a column to jobs
+    (rows are read with jobs.*): the column they do not know is left out of their Job."""
+    await pool.execute("ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0")
+    await insert_jobs(pool, 1)
+    [job] = await queue.claim(pool, worker_id="w1", limit=1, lease_seconds=30)
+    assert job.status is JobStatus.PROCESSING and job.attempts == 1
+
+
 BY_ID_STATEMENTS = {
     "job_complete_many": lambda job_id: ("w1", [job_id], [1]),
     "job_renew_leases": lambda job_id: ("w1", [job_id], 30.0),

@@ -129,6 +129,39 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing
     assert not await queue.complete(pool, job_id=job_id, worker_id="gone-1-dead", attempt=stale.attempts)
 
 
+async def test_a_claim_undone_by_a_crash_and_claimed_again_stops_the_stale_run(pool, start_worker):
+    """Claims commit without waiting for the WAL flush, so a crash of PostgreSQL can undo one:
+    the job is pending again under the same attempt number. When the same worker claims it
+    again while its first run is still going, it stops that run (counted as lost) and the job
+    completes once, on attempt 1, by the second run."""
+    runs: list[int] = []
+
+    async def handler(job: Job) -> None:
+        runs.append(job.attempts)
+        if len(runs) == 1:
+            await asyncio.sleep(3600)  # the run whose claim the crash undoes
+
+    worker = await start_worker(handler, concurrency=2)
+    job_id = await new_job(pool)
+    await reaches(pool, job_id, "processing")
+
+    async def first_run_started() -> bool:
+        return runs == [1]
+
+    await wait_for(first_run_started)
+    # What a crash right after the claim leaves behind (the requeue trigger wakes the worker).
+    await pool.execute(
+        "UPDATE jobs SET status = 'pending', attempts = 0, worker_id = NULL, "
+        "lease_expires_at = NULL, started_at = NULL WHERE id = $1",
+        job_id,
+    )
+    done = await reaches(pool, job_id, "completed")
+    assert done["attempts"] == 1 and runs == [1, 1]
+    lost = worker.metrics.registry.get_sample_value("menagerie_worker_jobs_total", {"event": "lost"})
+    assert lost == 1
+    assert not worker._running
+
+
 async def test_a_long_job_keeps_its_lease_by_heartbeat(pool, start_worker):
     """A job running for several leases is renewed by its worker's heartbeat, so another
     worker never reclaims it: it runs once and completes on attempt 1."""
