@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import jobs, migrate, queue  # noqa: E402
-from peers import dsn_for_database  # noqa: E402
+from peers import fresh_database  # noqa: E402
 
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (1_000_000, 50_000)  # full, quick
@@ -52,17 +51,12 @@ def operations(pool: asyncpg.Pool, after: tuple[Any, Any]) -> dict[str, Callable
 
 
 @contextlib.asynccontextmanager
-async def database(admin: asyncpg.Connection, dsn_admin: str) -> AsyncIterator[asyncpg.Pool]:
+async def database(dsn_admin: str) -> AsyncIterator[asyncpg.Pool]:
     """A fresh migrated database (dropped afterwards) and a small pool on it."""
-    name = f"bench_scale_{secrets.token_hex(4)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(dsn_admin, name)
-    try:
+    async with fresh_database(dsn_admin, "scale") as dsn:
         await asyncio.to_thread(migrate.apply, dsn)
         async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
             yield pool
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def add_finished(pool: asyncpg.Pool, count: int) -> None:
@@ -109,16 +103,12 @@ async def interleaved(pools: dict[str, asyncpg.Pool], cursors: dict[str, Any], r
 
 async def measure(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
     finished = FINISHED[1 if quick else 0]
-    admin = await asyncpg.connect(dsn_admin)
-    try:
-        async with database(admin, dsn_admin) as empty, database(admin, dsn_admin) as loaded:
-            started = time.perf_counter()
-            await add_finished(loaded, finished)
-            fill_s = time.perf_counter() - started
-            cursors = {"empty": await add_pending(empty), "loaded": await add_pending(loaded)}
-            result = await interleaved({"empty": empty, "loaded": loaded}, cursors, ROUNDS[1 if quick else 0])
-    finally:
-        await admin.close()
+    async with database(dsn_admin) as empty, database(dsn_admin) as loaded:
+        started = time.perf_counter()
+        await add_finished(loaded, finished)
+        fill_s = time.perf_counter() - started
+        cursors = {"empty": await add_pending(empty), "loaded": await add_pending(loaded)}
+        result = await interleaved({"empty": empty, "loaded": loaded}, cursors, ROUNDS[1 if quick else 0])
     empty_figures, loaded_figures = result["empty"], result["loaded"]
     return {
         "measure": "scale",

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -35,7 +34,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from peers import dsn_for_database
+from peers import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -55,18 +54,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(dsn_admin: str) -> AsyncIterator[str]:
-    name = f"bench_http_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(dsn_admin)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_for_database(dsn_admin, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @contextlib.asynccontextmanager
@@ -113,7 +100,7 @@ async def measure(
     name: str, *, quick: bool, connections: int, dsn_admin: str, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     seconds = DURATION_S[1 if quick else 0]
-    async with fresh_database(dsn_admin) as dsn:
+    async with fresh_database(dsn_admin, "http") as dsn:
         from app import migrate
 
         await asyncio.to_thread(migrate.apply, dsn)
