@@ -355,7 +355,7 @@ async def list_animals(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     state = request.state
     metrics: ServerMetrics = state.metrics
-    with suppress(*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+    with suppress(*db.DATABASE_ERRORS):
         depth = await jobs.queue_depth(state.pool)
         metrics.queue_depth.labels("pending").set(depth["pending"])
         metrics.queue_depth.labels("processing").set(depth["processing"])
@@ -374,7 +374,7 @@ async def counted(stream: AsyncIterator[str], gauge: Gauge) -> AsyncIterator[str
 
 
 async def openapi_document(request: Request) -> Response:
-    return JSONResponse(request.app.state.openapi)
+    return Response(request.app.state.openapi, media_type="application/json")
 
 
 DOCS_PAGE = """<!doctype html>
@@ -416,7 +416,7 @@ async def readyz(request: Request) -> Response:
     try:
         async with request.state.pool.acquire(timeout=2) as conn:
             migrated = await db.schema_is_migrated(conn, migration_ids=request.state.migration_ids)
-    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise Problem(503, f"the database does not answer: {exc}", headers={"Retry-After": "1"}) from None
     if not migrated:
         raise Problem(503, "the database schema is not migrated", headers={"Retry-After": "5"})
@@ -472,13 +472,15 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
-    app.state.openapi = openapi.build(
-        routes,
-        title="menagerie",
-        version=version("menagerie"),
-        description=API_DESCRIPTION,
-        max_images=settings.max_images_per_job,
-    )
+    app.state.openapi = JSONResponse(  # rendered once: it never changes while the app runs
+        openapi.build(
+            routes,
+            title="menagerie",
+            version=version("menagerie"),
+            description=API_DESCRIPTION,
+            max_images=settings.max_images_per_job,
+        )
+    ).body
     return app
 
 

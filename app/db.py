@@ -34,6 +34,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Errors that mean PostgreSQL is unreachable or going away, not that a query is wrong."""
 
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+"""Any failure of a statement: PostgreSQL unreachable, or the statement refused."""
+
 
 T = TypeVar("T")
 
@@ -65,6 +68,13 @@ async def create_pool(url: str, *, size: int, durable_commits: bool = True) -> a
     )
 
 
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Seconds to wait after failure number `attempt` (1-based): `base` doubled per failure up
+    to `cap`, then scaled by a random half to whole, so that clients failing together do not
+    return together."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
+
+
 async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float) -> T:
     """Run `operation`, retrying with backoff and jitter while PostgreSQL is unavailable, for
     up to `deadline` seconds; then the last error propagates."""
@@ -76,7 +86,7 @@ async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float
             return await operation()
         except UNAVAILABLE_ERRORS:
             failures += 1
-            delay = min(2.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
+            delay = backoff(failures, base=0.1, cap=2.0)
             if loop.time() + delay > give_up:
                 raise
             await asyncio.sleep(delay)
@@ -91,8 +101,9 @@ async def schema_is_migrated(conn: asyncpg.Connection, *, migration_ids: list[st
 
 
 class Listener:
-    """LISTENs on some channels over its own connection (never a pooled one: the pool runs
-    `UNLISTEN *` on release) and keeps doing so across disconnects.
+    """LISTENs on some channels over its own connection (never a pooled one: LISTEN is session
+    state, and the pool may close or replace an idle connection) and keeps doing so across
+    disconnects.
 
     `channels` maps each channel to a callback taking the payload. `on_connect()` runs after
     every (re)connect, so the owner can look for work it may have missed while deaf. A
@@ -123,9 +134,9 @@ class Listener:
         while True:
             try:
                 conn = await asyncpg.connect(self._url, timeout=5)
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 failures += 1
-                delay = min(self._max_backoff, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+                delay = backoff(failures, base=0.2, cap=self._max_backoff)
                 log.warning(
                     "listener cannot connect, retrying in %.2fs: %s",
                     delay,
@@ -136,7 +147,7 @@ class Listener:
                 continue
             try:
                 await self._listen(conn)
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("listener failed: %s", exc, extra={"action": "listener_failed"})
             except Exception:
                 # Never let the listener die: the owner would stop hearing work and cancels.

@@ -45,13 +45,13 @@ class JobWatch:
                     del self._watchers[job_id]
 
     def _changed(self, payload: str) -> None:
-        for text in payload.split(","):
-            try:
-                events = self._watchers.get(UUID(text))
-            except ValueError:
-                continue
-            for event in events or ():
-                event.set()
+        """The payload is one job id (the jobs_notify_changed trigger)."""
+        try:
+            events = self._watchers.get(UUID(payload))
+        except ValueError:
+            return
+        for event in events or ():
+            event.set()
 
     def _wake_all(self) -> None:
         for events in self._watchers.values():

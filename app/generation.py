@@ -19,9 +19,7 @@ def handler(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0
     """
 
     async def generate(job: Job) -> None:
-        done = await db.with_retries(
-            lambda: images.stored_indexes(pool, job_id=job.id), deadline=db_patience
-        )
+        done = set(job.image_indexes)  # read by the claim: images kept from earlier attempts
         for index in range(job.num_images):
             if index in done:
                 continue

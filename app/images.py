@@ -24,10 +24,6 @@ async def store(
     return await conn.fetchval(queries.image_store, job_id, worker_id, attempt, index, png, digest)
 
 
-async def stored_indexes(conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID) -> set[int]:
-    return {row["idx"] for row in await conn.fetch(queries.image_indexes, job_id)}
-
-
 async def get(
     conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID, index: int
 ) -> tuple[bytes, str] | None:

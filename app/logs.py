@@ -1,7 +1,7 @@
 """Logging: one line per event, with the record's `action` and `job_id` when it has them.
 
 LOG_FORMAT=text (the default) is for people; LOG_FORMAT=json writes one JSON object per line
-for a log shipper, with the fields in `JSON_FIELDS` when the record has them.
+for a log shipper, with the fields in `EXTRA_FIELDS` when the record has them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from datetime import datetime, timezone
 
 from app.request_ids import RequestIdLogFilter
 
-_FIELDS = ("action", "job_id", "request_id", "worker_id")
-JSON_FIELDS = ("action", "job_id", "request_id", "worker_id")
-"""The `extra=` fields a JSON line carries. Listed, never "every extra", so that nothing large
+EXTRA_FIELDS = ("action", "job_id", "request_id", "worker_id")
+"""The `extra=` fields a line carries, text or JSON. Listed, never "every extra", so that nothing large
 or private (image bytes) reaches the logs by accident."""
 
 
@@ -25,7 +24,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [f"{field}={getattr(record, field)}" for field in _FIELDS if hasattr(record, field)]
+        extras = [f"{field}={getattr(record, field)}" for field in EXTRA_FIELDS if hasattr(record, field)]
         return f"{line} [{' '.join(extras)}]" if extras else line
 
 
@@ -39,7 +38,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(
-            (field, getattr(record, field)) for field in JSON_FIELDS if hasattr(record, field)
+            (field, getattr(record, field)) for field in EXTRA_FIELDS if hasattr(record, field)
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

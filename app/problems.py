@@ -71,11 +71,8 @@ def validation_problem(exc: ValidationError, *, where: str) -> Problem:
         for error in exc.errors(include_url=False)
     ]
     first = errors[0]
-    problem = Problem.invalid(first["loc"], first["msg"])
-    problem.errors = errors
-    if len(first["loc"]) == 1:
-        problem.detail = first["msg"]
-    return problem
+    detail = first["msg"] if len(first["loc"]) == 1 else f"{first['loc'][-1]}: {first['msg']}"
+    return Problem(422, detail, type="/problems/validation-error", errors=errors)
 
 
 async def on_problem(request: Request, exc: Exception) -> Response:

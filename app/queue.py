@@ -8,7 +8,6 @@ its job can never overwrite the outcome of another.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from uuid import UUID
@@ -92,12 +91,6 @@ async def retry(
     """Requeue the job, due in `delay` seconds; False when the worker no longer owned it."""
     row = await conn.fetchval(queries.job_retry, job_id, worker_id, attempt, error, delay)
     return row is not None
-
-
-def backoff(attempt: int, *, base: float, cap: float) -> float:
-    """Seconds before retrying after failed attempt `attempt` (1-based): exponential with full
-    jitter, so that jobs failing together do not return together."""
-    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
 
 
 async def hand_back(conn: Connection, *, worker_id: str, jobs: list[Job]) -> list[UUID]:

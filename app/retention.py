@@ -28,7 +28,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import UNAVAILABLE_ERRORS
+from app.db import DATABASE_ERRORS
 from app.sql import queries
 
 log = logging.getLogger(__name__)
@@ -113,5 +113,5 @@ async def run_forever(
         try:
             await sweep(pool, older_than_days=older_than_days, batch_size=batch_size)
             await forget_expired_keys(pool, batch_size=batch_size)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("retention sweep failed: %s", exc, extra={"action": "retention_failed"})

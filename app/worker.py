@@ -28,7 +28,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
 
 from app import db, generation, logs, queue, retention
-from app.db import CANCEL_CHANNEL, JOBS_CHANNEL, UNAVAILABLE_ERRORS, Listener
+from app.db import CANCEL_CHANNEL, DATABASE_ERRORS, JOBS_CHANNEL, Listener
 from app.metrics import WorkerMetrics
 from app.models import Job
 from app.providers.local import LocalProvider
@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 StopReason = Literal["canceled", "lost", "shutdown"]
 
 
+HOST = socket.gethostname()
+
+
 def new_worker_id() -> str:
     """Readable in psql: host, pid and a short random suffix (pids are reused)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    return f"{HOST}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 class JobTimedOut(Exception):
@@ -186,7 +189,7 @@ class Worker:
                 await db.with_retries(
                     lambda: queue.unregister(self._pool, worker_id=self.id), deadline=2
                 )
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            except DATABASE_ERRORS:
                 pass
             try:
                 await asyncio.wait_for(self._claim_pool.close(), timeout=2)
@@ -219,7 +222,7 @@ class Worker:
                     limit=free,
                     lease_seconds=self._timing.lease_seconds,
                 )
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("claim failed: %s", exc, extra={"action": "claim_failed"})
                 self._queue_maybe_nonempty = True
                 self._next_due = datetime.now(timezone.utc) + _jittered(1.0)
@@ -235,7 +238,7 @@ class Worker:
         """Sleep no longer than until the earliest pending job (a scheduled retry) is due."""
         try:
             self._next_due = await queue.next_run_at(self._pool)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+        except DATABASE_ERRORS:
             self._next_due = datetime.now(timezone.utc) + _jittered(1.0)
 
     def _start(self, job: Job) -> None:
@@ -327,9 +330,7 @@ class Worker:
         extra = {"job_id": str(job.id)}
         owner = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempts}
         if retryable and job.attempts < job.max_attempts:
-            delay = queue.backoff(
-                job.attempts, base=self._timing.retry_base, cap=self._timing.retry_cap
-            )
+            delay = db.backoff(job.attempts, base=self._timing.retry_base, cap=self._timing.retry_cap)
             if await self._record(
                 lambda: queue.retry(self._pool, error=error, delay=delay, **owner), job
             ):
@@ -354,7 +355,7 @@ class Worker:
         extra = {"job_id": str(job.id)}
         try:
             owned = await db.with_retries(write, deadline=self._timing.lease_seconds)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning(
                 "could not record the outcome of job %s: %s",
                 job.id,
@@ -373,7 +374,7 @@ class Worker:
         while True:
             try:
                 await self._heartbeat()
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
             except Exception:
                 # Never let the heartbeat die: without it leases lapse under running jobs.
@@ -398,7 +399,7 @@ class Worker:
         await queue.heartbeat(
             self._pool,
             worker_id=self.id,
-            host=socket.gethostname(),
+            host=HOST,
             pid=os.getpid(),
             concurrency=self._concurrency,
             running=len(self._running),
@@ -446,7 +447,7 @@ class Worker:
             handed = await db.with_retries(
                 lambda: queue.hand_back(self._pool, worker_id=self.id, jobs=jobs), deadline=5
             )
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning(
                 "could not hand back %d jobs (their leases will lapse): %s",
                 len(jobs),

@@ -16,11 +16,6 @@ WITH owned AS (
 )
 SELECT EXISTS (SELECT FROM owned) AS owned;
 
--- name: image_indexes
--- The indexes of the images a job has stored so far.
--- $1 job_id
-SELECT idx FROM images WHERE job_id = $1 ORDER BY idx;
-
 -- name: image_get
 -- One stored image.
 -- $1 job_id, $2 idx

@@ -65,7 +65,8 @@ LIMIT $3;
 
 -- name: job_claim
 -- Claims up to $2 due pending jobs, oldest first, for worker $1 in one statement;
--- SKIP LOCKED lets concurrent workers pass over each other's rows instead of waiting.
+-- SKIP LOCKED lets concurrent workers pass over each other's rows instead of waiting. Each
+-- job comes with the images earlier attempts stored, so its handler resumes without asking.
 -- $1 worker_id, $2 how many, $3 lease in seconds
 UPDATE jobs
 SET status = 'processing',
@@ -83,7 +84,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE jobs.id = due.id
-RETURNING jobs.*, ARRAY[]::integer[] AS image_indexes;
+RETURNING jobs.*,
+          ARRAY(SELECT i.idx FROM images i WHERE i.job_id = jobs.id ORDER BY i.idx) AS image_indexes;
 
 -- name: job_complete_many
 -- Marks jobs completed, each only if worker $1 still owns that attempt of it; one statement
