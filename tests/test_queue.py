@@ -368,5 +368,28 @@ async def test_the_listener_reconnects_and_sweeps_after_its_connection_is_killed
     assert sum(handler.runs.values()) == 2
 
 
+async def test_jobs_inserted_while_the_listener_was_deaf_are_found_after_it_reconnects(
+    pool, start_worker
+):
+    """Notifications sent while the LISTEN connection is down are lost; the worker looks for
+    work as soon as it reconnects. Shown with the insert trigger off (no NOTIFY at all) and the
+    safety sweep an hour away: only the look after reconnecting can find these jobs."""
+    handler = CountingHandler()
+    worker = await start_worker(handler)
+    await insert_jobs(pool, 1)
+    await wait_for(lambda: _completed(pool, 1))  # the worker is past its start-up look, idle
+    await pool.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_wake_workers_on_insert")
+    await insert_jobs(pool, 2)
+    await asyncio.sleep(0.2)
+    assert sum(handler.runs.values()) == 1  # nothing told the worker of the two new jobs
+    await pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    await wait_for(lambda: _reconnected(worker))
+    await wait_for(lambda: _completed(pool, 3))
+    assert sum(handler.runs.values()) == 3
+
+
 async def _reconnected(worker: Worker) -> bool:
     return worker.listener.reconnects >= 1 and worker.listener.connected.is_set()

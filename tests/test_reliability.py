@@ -129,6 +129,21 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing
     assert not await queue.complete(pool, job_id=job_id, worker_id="gone-1-dead", attempt=stale.attempts)
 
 
+async def test_an_expired_lease_on_the_last_attempt_fails_the_job_naming_the_worker(
+    pool, start_worker
+):
+    """A job whose worker stopped renewing its lease on its last allowed attempt is not run
+    again: a live worker's heartbeat marks it failed, with an error naming the dead worker."""
+    job_id = await new_job(pool, max_attempts=1)
+    await queue.claim(pool, worker_id="gone-2-dead", limit=1, lease_seconds=0.3)
+    script = Script("ok")
+    await start_worker(script, timing=Timing(poll_interval=3600, lease_seconds=0.6))
+    row = await reaches(pool, job_id, "failed")
+    assert row["attempts"] == 1 and row["finished_at"] is not None
+    assert "gone-2-dead" in row["error"] and "lease" in row["error"]
+    assert script.runs == []
+
+
 async def test_a_claim_undone_by_a_crash_and_claimed_again_stops_the_stale_run(pool, start_worker):
     """Claims commit without waiting for the WAL flush, so a crash of PostgreSQL can undo one:
     the job is pending again under the same attempt number. When the same worker claims it
