@@ -106,14 +106,10 @@ async def assert_every_job_completed_with_its_images(db: asyncpg.Pool, total: in
         assert 1 <= row["runs"] <= row["attempts"], dict(row)
 
 
-def worker_env(database_url: str, **extra: str) -> dict[str, str]:
-    return fast_settings(database_url, **extra)
-
-
 async def test_sigkill_one_of_two_workers_loses_nothing(database_url, db, spawn: Spawn):
     """SIGKILL one of two workers while 20 jobs run: its jobs are reclaimed once their leases
     lapse and finish on the other; every job completes with exactly numImages images."""
-    env = worker_env(database_url)
+    env = fast_settings(database_url)
     doomed = spawn("tests/fault_worker.py", env=env)
     await insert_jobs(db, 20, num_images=3)
     await wait_for(lambda: _running_on(db, doomed.pid), timeout=15)
@@ -138,7 +134,7 @@ async def test_four_workers_with_random_failures_follow_the_retry_rules(database
     """4 workers x 2,000 jobs whose handler fails at random: every job ends completed or
     failed exactly as the retry rules say, and no attempt's handler ran twice."""
     total = 2000
-    env = worker_env(
+    env = fast_settings(
         database_url,
         FAULT_HANDLER="dice",
         FAULT_FAIL_RATE="0.3",
@@ -179,7 +175,7 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
     run: all jobs complete, the server never answers 500 and recovers, nothing is lost."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = worker_env(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.05")
+    env = fast_settings(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.05")
     server = spawn("server.py", env=env)
     spawn("tests/fault_worker.py", env=env)
     spawn("tests/fault_worker.py", env=env)
@@ -371,7 +367,7 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
 async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):
     """SIGTERM with jobs in flight: the worker exits 0 within its grace period, leaves no job
     processing, and another worker finishes them without an attempt being counted."""
-    env = worker_env(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1")
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1")
     leaving = spawn("tests/fault_worker.py", env=env)
     await insert_jobs(db, 4, num_images=6)
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
@@ -387,12 +383,37 @@ async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, sp
     assert [(row["attempts"], row["n"]) for row in rows] == [(1, 6)] * 4
 
 
+async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, spawn: Spawn):
+    """A worker already running and idle takes the jobs another hands back at SIGTERM within a
+    second: the hand-back NOTIFYs (the safety sweep is an hour away in these settings)."""
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0")
+    leaving = spawn("tests/fault_worker.py", env=env)
+    await insert_jobs(db, 4, num_images=6)
+    await wait_for(lambda: _all_processing(db, 4), timeout=15)
+    staying = spawn("tests/fault_worker.py", env=env)
+    await wait_for(lambda: _registered(db, staying.pid), timeout=15)  # past its start-up look
+    leaving.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(leaving.wait, 10) == 0
+    handed_back = time.monotonic()
+    await wait_for(lambda: _running_on(db, staying.pid), timeout=5, interval=0.02)
+    assert time.monotonic() - handed_back < 1
+    await wait_for(lambda: all_finished(db, 4), timeout=30, interval=0.1)
+
+
+async def _all_processing(db: asyncpg.Pool, total: int) -> bool:
+    return await count(db, "status = 'processing'") == total
+
+
+async def _registered(db: asyncpg.Pool, pid: int) -> bool:
+    return await db.fetchval("SELECT count(*) FROM workers WHERE pid = $1", pid) == 1
+
+
 async def test_a_second_sigterm_skips_the_grace_period_but_still_hands_jobs_back(
     database_url, db, spawn: Spawn
 ):
     """A second SIGTERM ends the worker at once instead of after its 30 s grace, and its jobs
     are still handed back to pending."""
-    env = worker_env(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30")
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30")
     leaving = spawn("tests/fault_worker.py", env=env)
     await insert_jobs(db, 2, num_images=10)
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
@@ -408,7 +429,7 @@ async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, s
     second (its only slot takes the next job), and no image is stored after the cancel."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = worker_env(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.3", WORKER_CONCURRENCY="1")
+    env = fast_settings(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.3", WORKER_CONCURRENCY="1")
     server = spawn("server.py", env=env)
     spawn("tests/fault_worker.py", env=env)
     await wait_ready(base, server)
