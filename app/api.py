@@ -429,7 +429,9 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+        pool = await db.create_pool(
+            settings.database_url, size=settings.db_pool_size, application_name=db.SERVER_APPLICATION
+        )
         watch = events.JobWatch(settings.database_url)
         listening = asyncio.create_task(watch.listener.run())
         try:

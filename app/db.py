@@ -20,6 +20,11 @@ CANCEL_CHANNEL = "menagerie_cancel"
 """NOTIFYed with a job id when a processing job is canceled."""
 
 
+SERVER_APPLICATION = "menagerie-server"
+WORKER_APPLICATION = "menagerie-worker"
+"""application_name of each process's connections, as pg_stat_activity shows them."""
+
+
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -50,7 +55,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
         await conn.execute(queries.rollback)
 
 
-async def create_pool(url: str, *, size: int, durable_commits: bool = True) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, size: int, application_name: str, durable_commits: bool = True
+) -> asyncpg.Pool:
     """A pool that opens connections on demand, so it can be created while PostgreSQL is down;
     connections that die are replaced at their next use.
 
@@ -64,7 +71,10 @@ async def create_pool(url: str, *, size: int, durable_commits: bool = True) -> a
         command_timeout=30,
         max_inactive_connection_lifetime=300 if durable_commits else 0,
         reset=_keep_session,
-        server_settings=None if durable_commits else {"synchronous_commit": "off"},
+        server_settings={
+            "application_name": application_name,
+            **({} if durable_commits else {"synchronous_commit": "off"}),
+        },
     )
 
 
@@ -117,12 +127,14 @@ class Listener:
         *,
         channels: Mapping[str, Callable[[str], None]],
         on_connect: Callable[[], None],
+        application_name: str,
         ping_interval: float = 5.0,
         max_backoff: float = 5.0,
     ) -> None:
         self._url = url
         self._channels = dict(channels)
         self._on_connect = on_connect
+        self._application_name = application_name
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
         self.connected = asyncio.Event()
@@ -133,7 +145,9 @@ class Listener:
         failures = 0
         while True:
             try:
-                conn = await asyncpg.connect(self._url, timeout=5)
+                conn = await asyncpg.connect(
+                    self._url, timeout=5, server_settings={"application_name": self._application_name}
+                )
             except DATABASE_ERRORS as exc:
                 failures += 1
                 delay = backoff(failures, base=0.2, cap=self._max_backoff)

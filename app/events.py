@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from app import jobs
-from app.db import Listener
+from app.db import SERVER_APPLICATION, Listener
 from app.models import TERMINAL, Job, JobOut, JobStatus
 
 JOB_EVENTS_CHANNEL = "menagerie_job_events"
@@ -27,7 +27,10 @@ class JobWatch:
     def __init__(self, url: str) -> None:
         self._watchers: dict[UUID, set[asyncio.Event]] = {}
         self.listener = Listener(
-            url, channels={JOB_EVENTS_CHANNEL: self._changed}, on_connect=self._wake_all
+            url,
+            channels={JOB_EVENTS_CHANNEL: self._changed},
+            on_connect=self._wake_all,
+            application_name=SERVER_APPLICATION,
         )
 
     @contextmanager

@@ -28,7 +28,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
 
 from app import db, generation, logs, queue, retention
-from app.db import CANCEL_CHANNEL, DATABASE_ERRORS, JOBS_CHANNEL, Listener
+from app.db import CANCEL_CHANNEL, DATABASE_ERRORS, JOBS_CHANNEL, WORKER_APPLICATION, Listener
 from app.metrics import WorkerMetrics
 from app.models import Job
 from app.providers.local import LocalProvider
@@ -123,6 +123,7 @@ class Worker:
             listen_url,
             channels={JOBS_CHANNEL: lambda _payload: self._wake.set(), CANCEL_CHANNEL: self._canceled},
             on_connect=self._listening,
+            application_name=WORKER_APPLICATION,
         )
 
     # Control
@@ -164,7 +165,9 @@ class Worker:
         self._draining = drain
         logs.worker_id.set(self.id)
         # Opens no connection yet (min_size 0): cannot fail because PostgreSQL is down.
-        self._claim_pool = await db.create_pool(self._listen_url, size=1, durable_commits=False)
+        self._claim_pool = await db.create_pool(
+            self._listen_url, size=1, application_name=WORKER_APPLICATION, durable_commits=False
+        )
         listening = None if drain else asyncio.create_task(self.listener.run())
         beating = asyncio.create_task(self._heartbeat_forever())
         log.info("worker %s started", self.id, extra={"action": "worker_started"})
@@ -484,7 +487,9 @@ def generation_handler(pool: asyncpg.Pool, settings: Settings) -> queue.Handler:
 async def serve(settings: Settings, *, make_handler: HandlerFactory = generation_handler) -> None:
     """Run one worker process until SIGTERM or SIGINT (a second one skips the grace period)."""
     assert settings.database_url is not None
-    pool = await db.create_pool(settings.database_url, size=settings.worker_concurrency + 3)
+    pool = await db.create_pool(
+        settings.database_url, size=settings.worker_concurrency + 3, application_name=WORKER_APPLICATION
+    )
     worker = Worker(
         pool=pool,
         listen_url=settings.database_url,

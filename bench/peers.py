@@ -458,7 +458,7 @@ class MenageriePeer(Peer):
         async def noop(job: Any) -> None:
             PROBE.record(time.time(), {"warm": True} if job.animal == "warm" else {"seq": str(job.id)})
 
-        pool = await db.create_pool(dsn, size=self.settings["pool_size"])
+        pool = await db.create_pool(dsn, size=self.settings["pool_size"], application_name=db.WORKER_APPLICATION)
         worker = Worker(
             pool=pool,
             listen_url=dsn,

@@ -117,7 +117,8 @@ async def test_500_open_streams_hold_a_bounded_number_of_database_connections(
     service, database_url
 ):
     """500 concurrent streams on one server share its one LISTEN connection and its small
-    pool: the server's connections to the database stay at most DB_POOL_SIZE + 1."""
+    pool: the server's connections to the database (application_name menagerie-server) stay
+    at most DB_POOL_SIZE + 1."""
     limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
     async with httpx.AsyncClient(base_url=service, timeout=60, limits=limits) as http:
         await http.post("/generations", json={"numImages": 10})  # keeps the worker busy
@@ -144,7 +145,11 @@ async def test_500_open_streams_hold_a_bounded_number_of_database_connections(
             try:
                 server_connections = await conn.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid()"
+                    "AND application_name = 'menagerie-server'"
+                )
+                worker_connections = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'menagerie-worker'"
                 )
             finally:
                 await conn.close()
@@ -152,5 +157,5 @@ async def test_500_open_streams_hold_a_bounded_number_of_database_connections(
             for stream in streams:
                 stream.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-    worker_connections = 4 + 3 + 1  # the worker's pool (concurrency + 3) and its listener
-    assert server_connections <= 5 + 1 + worker_connections
+    assert 1 <= server_connections <= 5 + 1
+    assert worker_connections >= 1  # its LISTEN connection at least, named as its own
