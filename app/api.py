@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -34,7 +34,16 @@ from app.animals import ANIMALS
 from app.batching import Batcher
 from app.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.migrate import migration_ids
-from app.models import GenerationRequest, Job, JobOut, JobStatus
+from app.models import (
+    MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_WAIT_SECONDS,
+    GenerationRequest,
+    Job,
+    JobOut,
+    JobStatus,
+    ListQuery,
+)
 from app.openapi import documented
 from app.problems import Problem, exception_handlers, validation_problem
 from app.request_ids import RequestIdMiddleware
@@ -42,8 +51,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
-MAX_WAIT_SECONDS = 60
 JSON_TYPES = ("application/json",)
 _job_list = TypeAdapter(list[JobOut])
 
@@ -146,14 +153,6 @@ def requested_wait(request: Request) -> int | None:
     return min(int(found.group(1)), MAX_WAIT_SECONDS) if found else None
 
 
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    limit: int = Field(50, ge=1, le=500)
-    status: JobStatus | None = None
-    cursor: str | None = None
-
-
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
         return cursors.decode(cursor)
@@ -176,8 +175,8 @@ async def create_generation(request: Request) -> Response:
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
     key = request.headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     fingerprint, replay = "", None
     if key is not None:
         fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()

@@ -7,10 +7,24 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from app import cursors
-from app.models import EXAMPLE_JOB, GenerationRequest, JobOut
+from app.models import (
+    EXAMPLE_JOB,
+    MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_WAIT_SECONDS,
+    GenerationRequest,
+    JobOut,
+    JobStatus,
+    ListQuery,
+)
 from app.openapi import Header, Operation, Param, Reply
 
 UUID_SCHEMA = {"type": "string"}
+LIST_QUERY = {
+    name: {key: value for key, value in schema.items() if key != "title"}
+    for name, schema in ListQuery.model_json_schema()["properties"].items()
+}
+"""The query parameters' schemas, as ListQuery validates them."""
 JOB_ID = Param(
     "job_id",
     "path",
@@ -21,7 +35,7 @@ JOB_ID = Param(
 PREFER = Param(
     "Prefer",
     "header",
-    "`wait=N` (N ≤ 60): answer once the job is terminal, or after N seconds",
+    f"`wait=N` (N ≤ {MAX_WAIT_SECONDS}): answer once the job is terminal, or after N seconds",
     {"type": "string"},
     "wait=5",
 )
@@ -57,8 +71,8 @@ CREATE_GENERATION = Operation(
         Param(
             "Idempotency-Key",
             "header",
-            "Retrying with the same key and body returns the same job; 1–255 characters",
-            {"type": "string", "minLength": 1, "maxLength": 255},
+            f"Retrying with the same key and body returns the same job; 1–{MAX_IDEMPOTENCY_KEY} characters",
+            {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
             "5d1c5cbe-order-42",
         ),
         PREFER,
@@ -83,7 +97,10 @@ CREATE_GENERATION = Operation(
             "The body is not a JSON object, or the Idempotency-Key is malformed",
             problems={"/problems/invalid-json": "the body must be a JSON object"},
         ),
-        413: Reply("The body is over 64 KiB", problems={"about:blank": "the body must be at most 65536 bytes"}),
+        413: Reply(
+            f"The body is over {MAX_BODY_BYTES // 1024} KiB",
+            problems={"about:blank": f"the body must be at most {MAX_BODY_BYTES} bytes"},
+        ),
         415: Reply("The body is not JSON", problems={"about:blank": "send the body as application/json"}),
         422: Reply(
             "A field is missing, of the wrong type or out of range, or the Idempotency-Key was "
@@ -128,12 +145,12 @@ LIST_GENERATIONS = Operation(
         "page's URL. Unknown query parameters are ignored."
     ),
     params=(
-        Param("limit", "query", "Jobs per page", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, 20),
+        Param("limit", "query", "Jobs per page", LIST_QUERY["limit"], 20),
         Param(
             "status",
             "query",
             "Only jobs in this status",
-            {"type": "string", "enum": ["pending", "processing", "completed", "failed", "canceled"]},
+            {"type": "string", "enum": [status.value for status in JobStatus]},
             "completed",
         ),
         Param(
@@ -160,7 +177,9 @@ LIST_GENERATIONS = Operation(
         ),
         422: Reply(
             "A query parameter is invalid",
-            problems={"/problems/validation-error": "limit: Input should be less than or equal to 500"},
+            problems={
+                "/problems/validation-error": f"limit: Input should be less than or equal to {LIST_QUERY['limit']['maximum']}"
+            },
         ),
         503: UNAVAILABLE,
     },

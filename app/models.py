@@ -23,6 +23,14 @@ from app.animals import ANIMALS
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
 
 
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body accepted."""
+MAX_WAIT_SECONDS = 60
+"""The longest `Prefer: wait=N` honoured."""
+MAX_IDEMPOTENCY_KEY = 255
+"""The longest Idempotency-Key accepted (and the shortest is one character)."""
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -65,6 +73,16 @@ class GenerationRequest(BaseModel):
         if value is not None and value not in ANIMALS:
             raise ValueError(f"unknown animal {value!r}; GET /animals lists the catalogue")
         return value
+
+
+class ListQuery(BaseModel):
+    """The query of GET /generations."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(50, ge=1, le=500)
+    status: JobStatus | None = None
+    cursor: str | None = None
 
 
 @dataclass(slots=True)
