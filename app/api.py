@@ -286,14 +286,12 @@ async def list_generations(request: Request) -> Response:
         request.state.pool, status=query.status, after=after, limit=query.limit + 1
     )
     headers = {}
+    root = base_url(request)
     if len(page) > query.limit:
         page = page[: query.limit]
         last = page[-1]
-        next_url = request.url.include_query_params(cursor=cursors.encode(last.created_at, last.id))
-        if request.state.settings.public_base_url:
-            next_url = f"{base_url(request)}{next_url.path}?{next_url.query}"
-        headers["Link"] = f'<{next_url}>; rel="next"'
-    root = base_url(request)
+        next_query = request.url.include_query_params(cursor=cursors.encode(last.created_at, last.id)).query
+        headers["Link"] = f'<{root}/generations?{next_query}>; rel="next"'
     body = _job_list.dump_json([JobOut.from_job(job, base_url=root) for job in page], by_alias=True)
     return Response(body, headers=headers, media_type="application/json")
 
