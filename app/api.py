@@ -258,8 +258,6 @@ async def job_events(request: Request) -> Response:
     """Server-Sent Events: the job now, then one event per change, closed once terminal."""
     state = request.state
     job_id = parse_job_id(request)
-    if await jobs.get(state.pool, job_id=job_id) is None:
-        raise Problem(404, "no such job")
     body = events.stream(
         state.pool,
         state.watch,
@@ -268,8 +266,11 @@ async def job_events(request: Request) -> Response:
         base_url=base_url(request),
         heartbeat=state.settings.sse_heartbeat,
     )
+    first = await anext(body, None)  # the job's first read, under its watch
+    if first is None:
+        raise Problem(404, "no such job")
     return StreamingResponse(
-        counted(body, state.metrics.open_streams),
+        counted(first, body, state.metrics.open_streams),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -361,10 +362,12 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def counted(stream: AsyncIterator[str], gauge: Gauge) -> AsyncIterator[str]:
+async def counted(first: str, rest: AsyncIterator[str], gauge: Gauge) -> AsyncIterator[str]:
+    """`first`, then the rest of a stream, counted in `gauge` while it is open."""
     gauge.inc()
     try:
-        async for chunk in stream:
+        yield first
+        async for chunk in rest:
             yield chunk
     finally:
         gauge.dec()

@@ -136,15 +136,18 @@ async def stream(
     heartbeat: float,
 ) -> AsyncIterator[str]:
     """Server-Sent Events for one job until it is terminal; comments keep idle streams open.
-    The job is read after the watch starts, so no change can fall between the two."""
+    The job is read after the watch starts, so no change can fall between the two. Yields
+    nothing at all for an unknown job: the caller answers 404 when the first item is missing."""
 
     def render(current: Job) -> str:
         return JobOut.from_job(current, base_url=base_url).model_dump_json()
 
     seen = Seen.parse(last_event_id)
     with watch.watch(job_id) as changed:
-        yield "retry: 1000\n\n"
         current = await jobs.get(pool, job_id=job_id)
+        if current is None:
+            return
+        yield "retry: 1000\n\n"
         while current is not None:
             for text, seen in changes(seen, current, render):
                 yield text
