@@ -33,9 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import jobs, migrate, queue  # noqa: E402
-from peers import fresh_database  # noqa: E402
+from peers import DEFAULT_DSN_ADMIN, fresh_database  # noqa: E402
 
-DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINISHED = (1_000_000, 50_000)  # full, quick
 ROUNDS = (60, 10)  # full, quick: alternations between the two databases
 CALLS_PER_ROUND = 5

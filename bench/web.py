@@ -34,10 +34,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-from peers import fresh_database
+from peers import DEFAULT_DSN_ADMIN, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DSN_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DURATION_S = (10, 3)  # full, quick
 
 POST_SCRIPT = """
@@ -73,10 +72,14 @@ async def server(dsn: str, extra_env: dict[str, str] | None = None) -> AsyncIter
     try:
         async with httpx.AsyncClient(base_url=base, timeout=2) as http:
             for _ in range(300):
+                if process.poll() is not None:
+                    raise RuntimeError(f"server.py exited with {process.returncode} before it was ready")
                 with contextlib.suppress(httpx.TransportError):
                     if (await http.get("/readyz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("server.py was not ready within 30 s")
         yield base
     finally:
         process.terminate()
