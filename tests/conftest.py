@@ -25,13 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app import migrate, queue
-from app.api import create_app
 from app.settings import Settings
 from app.worker import Timing, Worker
-from tests.support import TEST_TIMING
+from tests.support import TEST_TIMING, api_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,11 +113,8 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API in process, lifespan entered, driven over ASGI."""
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
-            yield http
+    async with api_client(settings) as http:
+        yield http
 
 
 @pytest.fixture

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+from asgi_lifespan import LifespanManager
 
+from app.api import create_app
+from app.settings import Settings
 from app.worker import Timing
 
 READY_TIMEOUT = 30
@@ -16,6 +20,15 @@ TEST_TIMING = Timing(poll_interval=3600, lease_seconds=30, retry_base=0.2, retry
 """In-process test workers: the safety sweep an hour away (only NOTIFY and timers wake
 them), quick retries."""
 TERMINAL = {"completed", "failed", "canceled"}
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API built with `settings`, in process, lifespan entered, driven over ASGI."""
+    async with LifespanManager(create_app(settings)) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
+            yield http
 
 
 def free_port() -> int:

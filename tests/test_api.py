@@ -20,11 +20,10 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from app.api import create_app
 from app.settings import Settings
+from tests.support import api_client
 
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
@@ -679,12 +678,8 @@ async def test_readyz_answers_200_on_a_migrated_database(client: httpx.AsyncClie
 
 async def test_readyz_answers_503_on_a_database_without_the_schema(empty_database_url: str) -> None:
     """GET /readyz answers 503 problem+json when the database has no schema."""
-    app = create_app(Settings(_env_file=None, database_url=empty_database_url))
-
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
-            response = await http.get("/readyz")
+    async with api_client(Settings(_env_file=None, database_url=empty_database_url)) as http:
+        response = await http.get("/readyz")
 
     assert response.status_code == 503
     assert media_type(response) == "application/problem+json"

@@ -7,17 +7,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app import generation
-from app.api import Backlog, create_app
+from app.api import Backlog
 from app.providers.local import LocalProvider
 from app.settings import Settings
 from app.worker import Timing, Worker
+from tests.support import api_client
 
 
 async def job_count(pool: asyncpg.Pool) -> int:
@@ -142,11 +143,8 @@ async def test_prefer_wait_on_get_wakes_when_the_job_finishes(client, worker):
 @pytest.fixture
 async def small_queue_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API with MAX_PENDING_JOBS=3."""
-    app = create_app(settings.model_copy(update={"max_pending_jobs": 3}))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
-            yield http
+    async with api_client(settings.model_copy(update={"max_pending_jobs": 3})) as http:
+        yield http
 
 
 async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_below(
@@ -173,11 +171,8 @@ async def transactions_for(
     """POST `requests` jobs at once to an app with `update` applied to its settings; return
     how many jobs each transaction that wrote them wrote."""
     await pool.execute("TRUNCATE jobs CASCADE")
-    app = create_app(settings.model_copy(update=update))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
-            answers = await asyncio.gather(*(post(http, {"numImages": 1}) for _ in range(requests)))
+    async with api_client(settings.model_copy(update=update)) as http:
+        answers = await asyncio.gather(*(post(http, {"numImages": 1}) for _ in range(requests)))
     assert [answer.status_code for answer in answers] == [202] * requests
     assert await job_count(pool) == requests
     groups = await pool.fetch("SELECT count(*) AS jobs FROM jobs GROUP BY xmin::text")
@@ -192,6 +187,14 @@ async def test_concurrent_posts_share_inserts_unless_insert_batch_max_is_one(set
     capped = await transactions_for(settings, pool, 40, insert_batch_max=10)
     assert max(capped) <= 10 and len(capped) < 40
     assert await transactions_for(settings, pool, 40, insert_batch_max=1) == [1] * 40
+
+
+async def test_job_max_attempts_is_written_on_each_new_job(settings, pool):
+    """JOB_MAX_ATTEMPTS is the server's to apply: a job POSTed under JOB_MAX_ATTEMPTS=5 carries
+    max_attempts 5 (the workers read it from the row, never from their own settings)."""
+    async with api_client(settings.model_copy(update={"job_max_attempts": 5})) as http:
+        job_id = (await post(http, {"numImages": 1})).json()["jobId"]
+    assert await pool.fetchval("SELECT max_attempts FROM jobs WHERE id = $1", UUID(job_id)) == 5
 
 
 class CountingPool:

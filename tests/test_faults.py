@@ -139,14 +139,12 @@ async def test_four_workers_with_random_failures_follow_the_retry_rules(database
         FAULT_HANDLER="dice",
         FAULT_FAIL_RATE="0.3",
         WORKER_CONCURRENCY="16",
-        JOB_MAX_ATTEMPTS="3",
         RETRY_BASE_DELAY="0.01",
         RETRY_MAX_DELAY="0.05",
     )
-    await db.execute("ALTER TABLE jobs ALTER COLUMN max_attempts SET DEFAULT 3")
     for _ in range(4):
         spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, total, num_images=1)
+    await insert_jobs(db, total, num_images=1)  # max_attempts: the column's default, 3
     await wait_for(lambda: all_finished(db, total), timeout=120, interval=0.2)
     jobs = await db.fetch(
         "SELECT j.id, j.status, j.attempts, j.error, "
