@@ -7,7 +7,9 @@ import contextlib
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID
 
+import asyncpg
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -29,6 +31,21 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://menagerie.test") as http:
             yield http
+
+
+async def insert_jobs(
+    pool: asyncpg.Pool, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
+) -> list[UUID]:
+    """Insert `count` pending jobs in one statement (one NOTIFY); their ids."""
+    rows = await pool.fetch(
+        "INSERT INTO jobs (num_images, animal, max_attempts) "
+        "SELECT $2, $3, $4 FROM generate_series(1, $1) RETURNING id",
+        count,
+        num_images,
+        animal,
+        max_attempts,
+    )
+    return [row["id"] for row in rows]
 
 
 def free_port() -> int:

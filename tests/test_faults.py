@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app import migrate
-from tests.support import free_port, wait_for, wait_ready, wait_until_terminal
+from tests.support import free_port, insert_jobs, wait_for, wait_ready, wait_until_terminal
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -72,14 +72,6 @@ def fast_settings(database_url: str, **extra: str) -> dict[str, str]:
         "WORKER_CONCURRENCY": "4",
         **extra,
     }
-
-
-async def insert_jobs(db: asyncpg.Pool, count: int, *, num_images: int) -> None:
-    await db.execute(
-        "INSERT INTO jobs (num_images, animal) SELECT $2, 'fox' FROM generate_series(1, $1)",
-        count,
-        num_images,
-    )
 
 
 async def count(db: asyncpg.Pool, where: str = "true") -> int:
@@ -144,7 +136,7 @@ async def test_four_workers_with_random_failures_follow_the_retry_rules(database
     )
     for _ in range(4):
         spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, total, num_images=1)  # max_attempts: the column's default, 3
+    await insert_jobs(db, total, max_attempts=3)
     await wait_for(lambda: all_finished(db, total), timeout=120, interval=0.2)
     jobs = await db.fetch(
         "SELECT j.id, j.status, j.attempts, j.error, "

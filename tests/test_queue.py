@@ -19,20 +19,9 @@ from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
 from app.worker import Worker
-from tests.support import wait_for
+from tests.support import insert_jobs, wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
-
-
-async def insert_jobs(pool: asyncpg.Pool, count: int, *, num_images: int = 1) -> list[UUID]:
-    """Insert `count` pending jobs in one statement (one NOTIFY)."""
-    rows = await pool.fetch(
-        "INSERT INTO jobs (num_images, animal) SELECT $2, 'cat' FROM generate_series(1, $1) "
-        "RETURNING id",
-        count,
-        num_images,
-    )
-    return [row["id"] for row in rows]
 
 
 async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:

@@ -14,14 +14,12 @@ import pytest
 from app import queue
 from app.models import Job
 from app.worker import Timing, Worker
-from tests.support import TEST_TIMING, wait_for
+from tests.support import TEST_TIMING, insert_jobs, wait_for
 
 
 async def new_job(pool: asyncpg.Pool, *, max_attempts: int = 3) -> UUID:
-    return await pool.fetchval(
-        "INSERT INTO jobs (num_images, animal, max_attempts) VALUES (1, 'cat', $1) RETURNING id",
-        max_attempts,
-    )
+    [job_id] = await insert_jobs(pool, 1, max_attempts=max_attempts)
+    return job_id
 
 
 async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
