@@ -251,8 +251,9 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
     private_cluster: PrivateCluster, spawn: Spawn
 ):
     """PostgreSQL stops mid-run: the server answers 503 problem+json (never 500, never a
-    hang) on /readyz and on database-backed endpoints; when PostgreSQL returns, server and
-    worker recover by themselves and every job completes."""
+    hang) on /readyz and on every database-backed endpoint (read, list, events, image, create,
+    cancel); when PostgreSQL returns, server and worker recover by themselves and every job
+    completes."""
     url = private_cluster.url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -265,8 +266,13 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
                   for _ in range(4)]
         await asyncio.sleep(0.3)
         await asyncio.to_thread(private_cluster.stop)
-        down = [await http.get(path) for path in ("/readyz", before[0], "/generations")]
+        down = [
+            await http.get(path)
+            for path in ("/readyz", before[0], "/generations", f"{before[0]}/events",
+                         before[0].replace("/generations/", "/images/") + "/0.png")
+        ]
         down.append(await http.post("/generations", json={"numImages": 1}))
+        down.append(await http.post(f"{before[0]}/cancel"))
         for response in down:
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
