@@ -18,7 +18,7 @@ from app.models import Job, JobStatus
 from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
-from app.worker import Worker
+from app.worker import Timing, Worker
 from tests.support import insert_jobs, wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
@@ -378,6 +378,19 @@ async def test_jobs_inserted_while_the_listener_was_deaf_are_found_after_it_reco
     await wait_for(lambda: _reconnected(worker))
     await wait_for(lambda: _completed(pool, 3))
     assert sum(handler.runs.values()) == 3
+
+
+async def test_the_safety_sweep_finds_a_job_no_notification_announced(pool, start_worker):
+    """WORKER_POLL_INTERVAL: with no NOTIFY at all (the insert trigger off), an idle worker
+    still finds a new job on its jittered safety sweep."""
+    handler = CountingHandler()
+    await start_worker(handler, timing=Timing(poll_interval=0.3))
+    await insert_jobs(pool, 1)
+    await wait_for(lambda: _completed(pool, 1))  # past its start-up look, idle
+    await pool.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_wake_workers_on_insert")
+    await insert_jobs(pool, 1)
+    await wait_for(lambda: _completed(pool, 2), timeout=5)
+    assert sum(handler.runs.values()) == 2
 
 
 async def _reconnected(worker: Worker) -> bool:
