@@ -29,8 +29,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from app import api_docs, cursors, db, events, images, jobs, openapi
-from app.animals import ANIMALS
+from app import api_docs, cursors, db, events, idempotency, openapi
+from app.images import generations, stores
+from app.images.animals import ANIMALS
+from app.images.generations import Generation, Request as GenerationSpec
 from app.batching import Batcher
 from app.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.migrate import migration_ids
@@ -39,13 +41,12 @@ from app.models import (
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
     GenerationRequest,
-    Job,
     JobOut,
-    JobStatus,
     ListQuery,
 )
 from app.openapi import documented
 from app.problems import Problem, exception_handlers, validation_problem
+from app.queue.kinds import Status
 from app.request_ids import RequestIdMiddleware
 from app.settings import Settings
 
@@ -76,7 +77,7 @@ class Backlog:
 
     async def _read(self, pool: asyncpg.Pool) -> int:
         try:
-            self._count = await jobs.pending_count(pool, cap=self.limit)
+            self._count = await generations.pending_count(pool, cap=self.limit)
             self._read_at = time.monotonic()
             return self._count
         finally:
@@ -90,7 +91,7 @@ class State(TypedDict):
     watch: events.JobWatch
     backlog: Backlog
     metrics: ServerMetrics
-    creations: Batcher[tuple[int, str, int], Job]
+    creations: Batcher[GenerationSpec, Generation]
 
 
 # Requests
@@ -188,24 +189,22 @@ async def create_generation(request: Request) -> Response:
             type="/problems/queue-full",
             headers={"Retry-After": "5"},
         )
-    animal = wanted.animal or random.choice(ANIMALS)
+    spec = GenerationSpec(
+        num_images=wanted.num_images,
+        animal=wanted.animal or random.choice(ANIMALS),
+        max_attempts=settings.job_max_attempts,
+    )
     replayed = replay is not None
     if replay is not None:
         job = replay
     elif key is None:
-        job = await state.creations.submit((wanted.num_images, animal, settings.job_max_attempts))
+        job = await state.creations.submit(spec)
     else:
         try:
-            job, replayed = await jobs.create_once(
-                state.pool,
-                key=key,
-                fingerprint=fingerprint,
-                ttl=settings.idempotency_ttl,
-                num_images=wanted.num_images,
-                animal=animal,
-                max_attempts=settings.job_max_attempts,
+            job, replayed = await idempotency.create_once(
+                state.pool, key=key, fingerprint=fingerprint, ttl=settings.idempotency_ttl, request=spec
             )
-        except jobs.IdempotencyConflict:
+        except idempotency.IdempotencyConflict:
             raise key_reused() from None
     if not replayed:
         log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
@@ -229,11 +228,11 @@ def key_reused() -> Problem:
     )
 
 
-async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Job | None:
+async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Generation | None:
     """The job an Idempotency-Key already made (a replay needs no room in the queue)."""
     try:
-        return await jobs.replay(pool, key=key, fingerprint=fingerprint)
-    except jobs.IdempotencyConflict:
+        return await idempotency.replay(pool, key=key, fingerprint=fingerprint)
+    except idempotency.IdempotencyConflict:
         raise key_reused() from None
 
 
@@ -244,7 +243,7 @@ async def get_generation(request: Request) -> Response:
     wait = requested_wait(request)
     headers = {}
     if wait is None:
-        job = await jobs.get(state.pool, job_id=job_id)
+        job = await generations.get(state.pool, job_id=job_id)
     else:
         job = await events.wait_until_terminal(state.pool, state.watch, job_id=job_id, timeout=wait)
         headers["Preference-Applied"] = f"wait={wait}"
@@ -283,7 +282,7 @@ async def list_generations(request: Request) -> Response:
     except ValidationError as exc:
         raise validation_problem(exc, where="query") from None
     after = decode_cursor(query.cursor) if query.cursor else None
-    page = await jobs.list_page(
+    page = await generations.list_page(
         request.state.pool, status=query.status, after=after, limit=query.limit + 1
     )
     headers = {}
@@ -305,7 +304,7 @@ async def get_image(request: Request) -> Response:
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
     if extension != "png" or not canonical:
         raise Problem(404, "no such image")
-    found = await images.get(request.state.pool, job_id=job_id, index=int(stem))
+    found = await stores.get(request.state.pool, job_id=job_id, index=int(stem))
     if found is None:
         raise Problem(404, "no such image")
     png, digest = found
@@ -329,13 +328,13 @@ async def cancel_generation(request: Request) -> Response:
     """Cancel a pending or processing job; repeating it is harmless; a finished job is 409."""
     pool = request.state.pool
     job_id = parse_job_id(request)
-    canceled = await jobs.cancel(pool, job_id=job_id)
-    job = await jobs.get(pool, job_id=job_id)
+    canceled = await generations.cancel(pool, job_id=job_id)
+    job = await generations.get(pool, job_id=job_id)
     if job is None:
         raise Problem(404, "no such job")
     if canceled:
         log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
-    elif job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+    elif job.status in (Status.COMPLETED, Status.FAILED):
         raise Problem(
             409,
             f"the job already {job.status.value}; only pending or processing jobs can be canceled",
@@ -354,7 +353,7 @@ async def metrics_endpoint(request: Request) -> Response:
     state = request.state
     metrics: ServerMetrics = state.metrics
     with suppress(*db.DATABASE_ERRORS):
-        depth = await jobs.queue_depth(state.pool)
+        depth = await generations.queue_depth(state.pool)
         metrics.queue_depth.labels("pending").set(depth["pending"])
         metrics.queue_depth.labels("processing").set(depth["processing"])
         oldest = depth["oldest_due"]
@@ -442,7 +441,7 @@ def create_app(settings: Settings) -> Starlette:
                 "watch": watch,
                 "backlog": Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
-                "creations": jobs.creations(pool, max_batch=settings.insert_batch_max),
+                "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
             }
         finally:
             listening.cancel()

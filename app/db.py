@@ -15,9 +15,12 @@ from app.sql import queries
 log = logging.getLogger(__name__)
 
 JOBS_CHANNEL = "menagerie_jobs"
-"""NOTIFYed (empty payload) when jobs are inserted or become pending again."""
+"""NOTIFYed with a kind when jobs of that kind are enqueued or wait again (retry, hand-back,
+reclaim); workers of other kinds ignore it."""
 CANCEL_CHANNEL = "menagerie_cancel"
-"""NOTIFYed with a job id when a processing job is canceled."""
+"""NOTIFYed with a job id when a running job is canceled."""
+JOB_EVENTS_CHANNEL = "menagerie_job_events"
+"""NOTIFYed with the ids (comma separated) of watched jobs that changed (job_events_add)."""
 
 
 SERVER_APPLICATION = "menagerie-server"

@@ -1,8 +1,9 @@
 """Following jobs as they change: one LISTEN connection per server process, fanned out
 in-process to every event stream and `Prefer: wait` request, however many there are.
 
-A trigger NOTIFYs the ids of jobs whose status or updated_at changed; a notification only
-wakes the requests watching those ids, which then read the job again through the pool. After
+Every statement that changes a watched job records an event and NOTIFYs the ids of the jobs
+it changed; a notification only wakes the requests watching those ids, which then read the
+job again through the pool. After
 the listener reconnects, every watcher is woken, since notifications may have been missed.
 """
 
@@ -16,12 +17,11 @@ from uuid import UUID
 
 import asyncpg
 
-from app import jobs
-from app.db import SERVER_APPLICATION, Listener
-from app.models import TERMINAL, Job, JobOut, JobStatus
-
-JOB_EVENTS_CHANNEL = "menagerie_job_events"
-
+from app.images import generations
+from app.images.generations import Generation
+from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
+from app.models import JobOut
+from app.queue.kinds import TERMINAL, Status
 
 class JobWatch:
     def __init__(self, url: str) -> None:
@@ -48,13 +48,14 @@ class JobWatch:
                     del self._watchers[job_id]
 
     def _changed(self, payload: str) -> None:
-        """The payload is one job id (the jobs_notify_changed trigger)."""
-        try:
-            events = self._watchers.get(UUID(payload))
-        except ValueError:
-            return
-        for event in events or ():
-            event.set()
+        """The payload is the ids of the jobs that changed, comma separated (job_events_add)."""
+        for text in payload.split(","):
+            try:
+                events = self._watchers.get(UUID(text))
+            except ValueError:
+                continue
+            for event in events or ():
+                event.set()
 
     def _wake_all(self) -> None:
         for events in self._watchers.values():
@@ -64,14 +65,14 @@ class JobWatch:
 
 async def wait_until_terminal(
     pool: asyncpg.Pool, watch: JobWatch, *, job_id: UUID, timeout: float
-) -> Job | None:
+) -> Generation | None:
     """The job once it is terminal, or as it is after `timeout` seconds (None if unknown)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with watch.watch(job_id) as changed:
         while True:
             changed.clear()
-            job = await jobs.get(pool, job_id=job_id)
+            job = await generations.get(pool, job_id=job_id)
             remaining = deadline - loop.time()
             if job is None or job.status in TERMINAL or remaining <= 0:
                 return job
@@ -86,7 +87,7 @@ class Seen:
     """What a client has been told of a job: the event id encodes it, so a client that
     reconnects with Last-Event-ID is sent exactly what it missed."""
 
-    status: JobStatus
+    status: Status
     images: int
 
     @property
@@ -97,7 +98,7 @@ class Seen:
     def parse(cls, event_id: str | None) -> Seen | None:
         try:
             status, images = (event_id or "").split(".")
-            return cls(JobStatus(status), int(images))
+            return cls(Status(status), int(images))
         except ValueError:
             return None
 
@@ -106,7 +107,7 @@ def sse(event: str, event_id: str, data: str) -> str:
     return f"event: {event}\nid: {event_id}\ndata: {data}\n\n"
 
 
-def changes(seen: Seen | None, job: Job, render: Callable[[Job], str]) -> Iterator[tuple[str, Seen]]:
+def changes(seen: Seen | None, job: Generation, render: Callable[[Generation], str]) -> Iterator[tuple[str, Seen]]:
     """The events that take a client from `seen` to `job`, in order: a first `job` event for a
     new client; then `status` for a job that started, one `image` per newly stored image, and
     `status` when the job ends (or is retried)."""
@@ -139,12 +140,12 @@ async def stream(
     The job is read after the watch starts, so no change can fall between the two. Yields
     nothing at all for an unknown job: the caller answers 404 when the first item is missing."""
 
-    def render(current: Job) -> str:
+    def render(current: Generation) -> str:
         return JobOut.from_job(current, base_url=base_url).model_dump_json()
 
     seen = Seen.parse(last_event_id)
     with watch.watch(job_id) as changed:
-        current = await jobs.get(pool, job_id=job_id)
+        current = await generations.get(pool, job_id=job_id)
         if current is None:
             return
         yield "retry: 1000\n\n"
@@ -159,5 +160,5 @@ async def stream(
                 # Read the job anyway: a lost notification delays an event by one heartbeat.
                 yield ": keep-alive\n\n"
             changed.clear()
-            current = await jobs.get(pool, job_id=job_id)
+            current = await generations.get(pool, job_id=job_id)
 

@@ -11,7 +11,6 @@ import logging
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
-from app.request_ids import RequestIdLogFilter
 
 EXTRA_FIELDS = ("action", "job_id", "request_id", "worker_id")
 """The `extra=` fields a line carries, text or JSON. Listed, never "every extra", so that nothing large
@@ -52,13 +51,18 @@ _FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 
 worker_id: ContextVar[str | None] = ContextVar("worker_id", default=None)
 """Set by a worker's run loop; every task it starts inherits it, so its records carry it."""
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""Set while a request is handled (the API's RequestIdMiddleware)."""
 
 
-class WorkerIdLogFilter(logging.Filter):
+class ContextFieldsFilter(logging.Filter):
+    """Adds `worker_id` and `request_id` to records logged while they are set."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        current = worker_id.get()
-        if current is not None and not hasattr(record, "worker_id"):
-            record.worker_id = current
+        for field, variable in (("worker_id", worker_id), ("request_id", request_id)):
+            current = variable.get()
+            if current is not None and not hasattr(record, field):
+                setattr(record, field, current)
         return True
 
 
@@ -76,9 +80,8 @@ def configure(level: str, fmt: str = "text") -> None:
     """Send every record to stderr at `level` and above, formatted as `fmt` (text or json)."""
     handler = logging.StreamHandler()
     handler.setFormatter(_FORMATTERS[fmt]())
-    handler.addFilter(RequestIdLogFilter())
+    handler.addFilter(ContextFieldsFilter())
     handler.addFilter(DefaultAction())
-    handler.addFilter(WorkerIdLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,10 +1,8 @@
-"""Pydantic models: the request body, the job row, and the job as clients see it."""
+"""Pydantic models: the request body, the query, the job as clients see it, problems."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,7 +16,9 @@ from pydantic import (
     field_validator,
 )
 
-from app.animals import ANIMALS
+from app.images.animals import ANIMALS
+from app.images.generations import Generation
+from app.queue.kinds import Status as JobStatus
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
 
@@ -29,18 +29,6 @@ MAX_WAIT_SECONDS = 60
 """The longest `Prefer: wait=N` honoured."""
 MAX_IDEMPOTENCY_KEY = 255
 """The longest Idempotency-Key accepted (and the shortest is one character)."""
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
-"""A job never leaves these."""
 
 
 class GenerationRequest(BaseModel):
@@ -85,40 +73,6 @@ class ListQuery(BaseModel):
     cursor: str | None = None
 
 
-@dataclass(slots=True)
-class Job:
-    """A row of `jobs`, plus the indexes of its stored images. A plain dataclass, not a
-    pydantic model: it is built for every claimed job from rows whose types PostgreSQL
-    already guarantees, and only JobOut faces clients."""
-
-    id: UUID
-    status: JobStatus
-    num_images: int
-    animal: str
-    error: str | None
-    attempts: int
-    max_attempts: int
-    run_at: datetime
-    worker_id: str | None
-    lease_expires_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    image_indexes: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_record(cls, record: Any) -> Job:
-        """Columns the dataclass does not know are left out: a column added by a migration
-        must not break workers still running the previous release."""
-        fields = {name: value for name, value in record.items() if name in _JOB_FIELDS}
-        fields["status"] = JobStatus(fields["status"])
-        return cls(**fields)
-
-
-_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
-
-
 EXAMPLE_JOB = {
     "jobId": "6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11",
     "status": "completed",
@@ -156,7 +110,7 @@ class JobOut(BaseModel):
     finished_at: Timestamp | None = Field(serialization_alias="finishedAt")
 
     @classmethod
-    def from_job(cls, job: Job, *, base_url: str) -> JobOut:
+    def from_job(cls, job: Generation, *, base_url: str) -> JobOut:
         """Built without validation: every field comes from a Job read from the database."""
         return cls.model_construct(
             job_id=job.id,

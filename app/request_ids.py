@@ -3,18 +3,18 @@ attached to every log record and problem body written while the request is handl
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
+
 HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 
-current: ContextVar[str | None] = ContextVar("request_id", default=None)
+current = logs.request_id
 
 
 class RequestIdMiddleware:
@@ -39,13 +39,3 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             current.reset(token)
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Adds `request_id` to records logged while a request is handled."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        request_id = current.get()
-        if request_id is not None and not hasattr(record, "request_id"):
-            record.request_id = request_id
-        return True

@@ -5,13 +5,60 @@ Entry points call `load()` once and pass the frozen result down.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal, NoReturn
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class SettingError(ValueError):
+    """A setting outside what it accepts; the message names it."""
+
+    def __init__(self, name: str, value: object, message: str) -> None:
+        super().__init__(f"bad setting {name}={value!r}: {message}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `250ms`, `5s`, `1m`, `1h`, `2d` or a plain number of seconds."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration such as 250ms, 5s, 1m, 1h or 2d")
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+Backoff = tuple[Literal["exponential"], float, float] | tuple[Literal["schedule"], tuple[float, ...]]
+"""("exponential", base, cap) or ("schedule", (first delay, second, ...))."""
+
+
+def parse_backoff(text: str) -> Backoff:
+    """`1s..60s`: exponential, from 1 s doubling up to 60 s; `5s,1m,10m`: those delays in turn
+    (the last one repeats)."""
+    if ".." in text:
+        base, _, cap = text.partition("..")
+        low, high = parse_duration(base), parse_duration(cap)
+        if high < low:
+            raise ValueError(f"{text!r}: the cap is below the base")
+        return ("exponential", low, high)
+    return ("schedule", tuple(parse_duration(part) for part in text.split(",")))
+
+
+@dataclass(frozen=True)
+class KindSettings:
+    """How workers run one kind of job; None: the kind's own default."""
+
+    slots: int | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    backoff: Backoff | None = None
 
 
 class Settings(BaseSettings):
@@ -39,15 +86,24 @@ class Settings(BaseSettings):
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)
 
-    worker_concurrency: int = Field(4, ge=1, le=1000)
+    worker_kinds: Annotated[list[str] | None, NoDecode] = None
+    """The kinds of job this worker runs (comma list); None: every registered kind."""
+    worker_concurrency: int = Field(4, ge=1, le=1000, validation_alias=AliasChoices("generate_slots", "worker_concurrency"))
+    """Generations one worker runs at once (GENERATE_SLOTS)."""
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_poll_interval: PositiveSeconds = 30.0
     lease_seconds: PositiveSeconds = 30.0
-    job_max_attempts: int = Field(3, ge=1, le=100)
-    job_timeout: PositiveSeconds = 300.0
+    job_max_attempts: int = Field(
+        3, ge=1, le=100, validation_alias=AliasChoices("generate_max_attempts", "job_max_attempts")
+    )
+    """Attempts a generation gets (GENERATE_MAX_ATTEMPTS)."""
+    job_timeout: PositiveSeconds = Field(300.0, validation_alias=AliasChoices("generate_timeout", "job_timeout"))
+    """Seconds one attempt of a generation may run (GENERATE_TIMEOUT)."""
     shutdown_grace: float = Field(25.0, ge=0)
     retry_base_delay: float = Field(1.0, ge=0)
     retry_max_delay: float = Field(60.0, ge=0)
+    generate_backoff: str | None = None
+    """A generation's backoff (see parse_backoff); unset: RETRY_BASE_DELAY..RETRY_MAX_DELAY."""
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -72,6 +128,57 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
         return value
 
+    @field_validator("worker_kinds", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            kinds = [part.strip() for part in value.split(",") if part.strip()]
+            return kinds or None
+        return value
+
+    @field_validator("generate_backoff")
+    @classmethod
+    def _backoff(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_backoff(value)
+        return value
+
+    def kind(self, name: str) -> KindSettings:
+        """How workers run kind `name`: `<NAME>_SLOTS`, `<NAME>_MAX_ATTEMPTS`, `<NAME>_TIMEOUT`
+        and `<NAME>_BACKOFF`, each unset by default. A generation's are also known by the
+        older names WORKER_CONCURRENCY, JOB_MAX_ATTEMPTS, JOB_TIMEOUT and RETRY_*_DELAY.
+        Raises SettingError naming a bad one."""
+        if name == "generate":
+            backoff = self.generate_backoff
+            return KindSettings(
+                slots=self.worker_concurrency,
+                max_attempts=self.job_max_attempts,
+                timeout=self.job_timeout,
+                backoff=parse_backoff(backoff)
+                if backoff
+                else ("exponential", self.retry_base_delay, self.retry_max_delay),
+            )
+        prefix = re.sub(r"\W", "_", name).upper()
+        found: dict[str, object] = {}
+        for field, parse, valid in (
+            ("slots", int, lambda value: 1 <= value <= 1000),
+            ("max_attempts", int, lambda value: 1 <= value <= 100),
+            ("timeout", parse_duration, lambda value: value > 0),
+            ("backoff", parse_backoff, lambda value: True),
+        ):
+            variable = f"{prefix}_{field.upper()}"
+            raw = os.environ.get(variable)
+            if raw is None:
+                continue
+            try:
+                value = parse(raw)  # type: ignore[operator]
+            except ValueError as exc:
+                raise SettingError(variable, raw, str(exc)) from None
+            if not valid(value):
+                raise SettingError(variable, raw, "out of range")
+            found[field] = value
+        return KindSettings(**found)  # type: ignore[arg-type]
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _lowercase_format(cls, value: object) -> object:
@@ -94,5 +201,10 @@ def load(**overrides: object) -> Settings:
         error = exc.errors()[0]
         name = str(error["loc"][0]).upper() if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
-        print(f"menagerie: bad setting {name}={error.get('input')!r}: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        stop(f"bad setting {name}={error.get('input')!r}: {message}")
+
+
+def stop(message: str) -> NoReturn:
+    """Stop the process at start: one line on stderr, exit code 2."""
+    print(f"menagerie: {message}", file=sys.stderr)
+    raise SystemExit(2)

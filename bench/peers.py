@@ -413,17 +413,23 @@ class ProcrastinatePeer(Peer):
 
 
 class MenageriePeer(Peer):
-    """menagerie itself: its Worker loop with a no-op handler in a real process."""
+    """menagerie itself: its worker loop and maintenance loop, as a worker process runs them,
+    with a no-op handler for a kind of its own, in a real process."""
 
     name = "menagerie"
-    module = "app.worker"
+    module = "app.queue.worker"
+    kind = "bench"
     bulk_chunk = 5_000
     defaults: ClassVar[dict[str, Any]] = {
-        "concurrency": 200,
+        "slots": 200,
         "pool_size": 10,
+        "handler": "plain",
+        "watched": False,
         "event_loop": "uvloop",
         "logging": "WARNING (one line per job at INFO otherwise)",
     }
+    """`handler`: plain (a function, called inline by the worker loop) or async (an async def,
+    a task per job). `watched`: record each job's changes in job_events, as generations do."""
 
     async def install(self, dsn: str) -> None:
         from app import migrate
@@ -432,55 +438,64 @@ class MenageriePeer(Peer):
 
     @contextlib.asynccontextmanager
     async def producer(self, dsn: str, pool_size: int) -> AsyncIterator[Producer]:
-        from app import jobs
+        from app import queue
+
+        kind, watched = self.kind, self.settings["watched"]
 
         class _Producer(Producer):
             def __init__(self, pool: asyncpg.Pool) -> None:
                 self.pool = pool
 
-            async def enqueue(self, payload: dict[str, Any]) -> str:
-                animal = "warm" if payload.get("warm") else "cat"
-                job = await jobs.create(self.pool, num_images=1, animal=animal, max_attempts=3)
-                return str(job.id)
+            async def enqueue(self, payload: dict[str, Any]) -> None:
+                await queue.enqueue(self.pool, [queue.NewJob(kind, args=payload, watched=watched)])
 
             async def enqueue_many(self, payloads: list[dict[str, Any]]) -> None:
-                await jobs.create_many(self.pool, specs=[(1, "cat", 3)] * len(payloads))
+                await queue.enqueue(self.pool, [queue.NewJob(kind, args=p, watched=watched) for p in payloads])
 
         async with asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size) as pool:
             yield _Producer(pool)
 
     async def serve(self, dsn: str, stop: asyncio.Event) -> None:
         from app import db
-        from app.worker import Timing, Worker
+        from app.queue.kinds import Kind
+        from app.queue.maintenance import Maintenance, queue_rounds
+        from app.queue.worker import Timing, Worker
 
         logging.getLogger().setLevel(logging.WARNING)
 
-        async def noop(job: Any) -> None:
-            PROBE.record(time.time(), {"warm": True} if job.animal == "warm" else {"seq": str(job.id)})
+        def noop(job: Any) -> None:
+            PROBE.record(time.time(), job.args)
 
+        async def async_noop(job: Any) -> None:
+            PROBE.record(time.time(), job.args)
+
+        handler = {"plain": noop, "async": async_noop}[self.settings["handler"]]
         pool = await db.create_pool(dsn, size=self.settings["pool_size"], application_name=db.WORKER_APPLICATION)
         worker = Worker(
             pool=pool,
             listen_url=dsn,
-            handler=noop,
-            concurrency=self.settings["concurrency"],
-            timing=Timing(poll_interval=30),
+            kinds=[Kind(self.kind, handler, slots=self.settings["slots"])],
+            timing=Timing(poll_interval=30, lease_seconds=30, shutdown_grace=25),
         )
+        maintenance = Maintenance(
+            queue_rounds(pool, lease_seconds=30, retention_days=0, retention_batch=500, forget={self.kind: None})
+        )
+        maintaining = asyncio.create_task(maintenance.run())
         run = asyncio.create_task(worker.run())
         await stop.wait()
         worker.stop()
         await run
+        maintaining.cancel()
+        await asyncio.gather(maintaining, return_exceptions=True)
         await pool.close()
 
     async def remaining(self, conn: asyncpg.Connection) -> int:
-        return await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE status IN ('pending', 'processing')"
-        )
+        return await conn.fetchval("SELECT count(*) FROM job_queue")
 
     async def db_clock_pickups_ms(self, conn: asyncpg.Connection) -> list[float] | None:
         rows = await conn.fetch(
-            "SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms FROM jobs "
-            "WHERE animal <> 'warm' AND started_at IS NOT NULL"
+            "SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms FROM finished_jobs "
+            "WHERE NOT (args ? 'warm') AND started_at IS NOT NULL"
         )
         return [float(row["ms"]) for row in rows]
 

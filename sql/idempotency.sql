@@ -21,3 +21,19 @@ SET fingerprint = EXCLUDED.fingerprint,
 WHERE idempotency_keys.expires_at <= now()
 RETURNING job_id;
 
+
+-- name: idempotency_delete_expired
+-- Forgets up to $1 records past their expiry (lookups already ignore them), whatever
+-- RETENTION_DAYS says: they are no one's history. Returns how many it deleted.
+-- $1 how many at most
+WITH expired AS (
+    DELETE FROM idempotency_keys
+    WHERE key IN (
+        SELECT key FROM idempotency_keys
+        WHERE expires_at <= now()
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM expired;

@@ -1,20 +1,28 @@
 -- Queries on the images table.
 
 -- name: image_store
--- Stores one image, only while worker $2 still owns attempt $3 of the job; touches the
--- job's updated_at in the same statement. Returns whether the worker still owned the job.
+-- Stores one image, only while worker $2 still owns attempt $3 of the job. A newly stored
+-- image is a change of the job: its version goes up, updated_at moves, and a `progress` event
+-- says which image. Storing an image twice (a write retried after a lost connection) changes
+-- nothing. Returns whether the worker still owned the job.
 -- $1 job_id, $2 worker_id, $3 attempt, $4 idx, $5 png, $6 sha256
 WITH owned AS (
-    UPDATE jobs
-    SET updated_at = clock_timestamp()
-    WHERE id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
-    RETURNING id
+    SELECT id FROM job_queue WHERE id = $1 AND worker_id = $2 AND attempts = $3 FOR UPDATE
 ), stored AS (
     INSERT INTO images (job_id, idx, png, sha256)
     SELECT owned.id, $4, $5, $6 FROM owned
     ON CONFLICT (job_id, idx) DO NOTHING
+    RETURNING job_id
+), touched AS (
+    UPDATE job_queue q SET updated_at = clock_timestamp(), version = q.version + 1
+    FROM stored WHERE q.id = stored.job_id
+    RETURNING q.id, q.version, q.watched
+), recorded AS (
+    SELECT job_events_add(array_agg(id), array_agg(version), array_agg('progress'::text), array_agg('processing'::text),
+                          array_agg(jsonb_build_object('image', $4::integer)))
+    FROM touched WHERE watched
 )
-SELECT EXISTS (SELECT FROM owned) AS owned;
+SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 
 -- name: image_get
 -- One stored image.

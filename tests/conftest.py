@@ -26,10 +26,11 @@ import asyncpg
 import httpx
 import pytest
 
-from app import migrate, queue
+from app import migrate
+from app.queue.kinds import Kind
+from app.queue.worker import Timing, Worker
 from app.settings import Settings
-from app.worker import Timing, Worker
-from tests.support import TEST_TIMING, api_client
+from tests.support import TEST_TIMING, test_kind, api_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,16 +121,16 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
     """Start in-process workers, each with its own pool and LISTEN connection, listening
-    before this returns; all are stopped (grace skipped) and awaited when the test ends."""
+    before this returns; all are stopped (grace skipped) and awaited when the test ends. Give
+    it kinds, or one handler for jobs of the test kind (see tests.support.test_kind)."""
     started: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
 
     async def start(
-        handler: queue.Handler, *, concurrency: int = 4, timing: Timing = TEST_TIMING
+        *kinds: Kind | Callable[..., Any], concurrency: int = 4, timing: Timing = TEST_TIMING, timeout: float = 300
     ) -> Worker:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 3)
-        worker = Worker(
-            pool=pool, listen_url=database_url, handler=handler, concurrency=concurrency, timing=timing
-        )
+        built = [kind if isinstance(kind, Kind) else test_kind(kind, slots=concurrency, timeout=timeout) for kind in kinds]
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=sum(kind.slots for kind in built) + 3)
+        worker = Worker(pool=pool, listen_url=database_url, kinds=built, timing=timing)
         started.append((worker, asyncio.create_task(worker.run()), pool))
         await asyncio.wait_for(worker.listener.connected.wait(), 10)
         return worker

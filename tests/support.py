@@ -13,14 +13,24 @@ import asyncpg
 import httpx
 from asgi_lifespan import LifespanManager
 
+from app import queue
 from app.api import create_app
+from app.queue.kinds import Exponential, Kind
+from app.queue.worker import Timing
 from app.settings import Settings
-from app.worker import Timing
 
 READY_TIMEOUT = 30
-TEST_TIMING = Timing(poll_interval=3600, lease_seconds=30, retry_base=0.2, retry_cap=0.4)
+TEST_TIMING = Timing(poll_interval=3600, lease_seconds=30, shutdown_grace=0)
 """In-process test workers: the safety sweep an hour away (only NOTIFY and timers wake
-them), quick retries."""
+them)."""
+TEST_KIND = "test"
+TEST_BACKOFF = Exponential(base=0.2, cap=0.4)
+"""Quick retries."""
+
+
+def test_kind(handler, *, slots: int = 4, timeout: float = 300, backoff=TEST_BACKOFF) -> Kind:
+    """A kind named `test` running `handler`."""
+    return Kind(TEST_KIND, handler, slots=slots, timeout=timeout, backoff=backoff)
 TERMINAL = {"completed", "failed", "canceled"}
 
 
@@ -34,18 +44,15 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def insert_jobs(
-    pool: asyncpg.Pool, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
+    pool: asyncpg.Pool, count: int, *, kind: str = TEST_KIND, args: object = None, max_attempts: int = 3,
+    watched: bool = False,
 ) -> list[UUID]:
-    """Insert `count` pending jobs in one statement (one NOTIFY); their ids."""
-    rows = await pool.fetch(
-        "INSERT INTO jobs (num_images, animal, max_attempts) "
-        "SELECT $2, $3, $4 FROM generate_series(1, $1) RETURNING id",
-        count,
-        num_images,
-        animal,
-        max_attempts,
+    """Enqueue `count` jobs of `kind` in one statement (one NOTIFY); their ids."""
+    return list(
+        await queue.enqueue(
+            pool, [queue.NewJob(kind, args=args, max_attempts=max_attempts, watched=watched) for _ in range(count)]
+        )
     )
-    return [row["id"] for row in rows]
 
 
 def free_port() -> int:

@@ -449,7 +449,7 @@ DRAWERS: dict[str, Callable[[Pen, random.Random], None]] = {
     "rabbit": _rabbit,
     "tiger": _tiger,
 }
-"""Drawing function per supported animal; ``app.animals.ANIMALS`` lists the same names."""
+"""Drawing function per supported animal; ``app.images.animals.ANIMALS`` lists the same names."""
 
 
 # Background -----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID
 
-from app.providers.render import render_png
+from app.images.providers.render import render_png
 
 
 class LocalProvider:

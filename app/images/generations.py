@@ -1,0 +1,164 @@
+"""Generation jobs as the API sees them: create, read, list, cancel. A generation is a queue job
+of kind `generate` (watched: its changes feed event streams) plus a `generations` row saying
+what it asks for. One function per query in sql/generations.sql.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.batching import Batcher
+from app.queue import jobs as queue
+from app.queue.kinds import Status
+from app.sql import queries
+
+KIND = "generate"
+
+Connection = asyncpg.Connection | asyncpg.Pool
+
+
+@dataclass(slots=True)
+class Generation:
+    """A generation job: what it asks for, its job's status, and its stored images' indexes."""
+
+    id: UUID
+    status: Status
+    num_images: int
+    animal: str
+    error: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    image_indexes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: Any) -> Generation:
+        return cls(
+            id=record["id"],
+            status=Status(record["status"]),
+            num_images=record["num_images"],
+            animal=record["animal"],
+            error=record["error"],
+            attempts=record["attempts"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+            started_at=record["started_at"],
+            finished_at=record["finished_at"],
+            image_indexes=list(record["image_indexes"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a client asks for: `num_images` pictures of `animal`."""
+
+    num_images: int
+    animal: str
+    max_attempts: int
+
+
+async def create_many(conn: asyncpg.Connection, requests: Sequence[Request]) -> list[Generation]:
+    """Create generation jobs (one INSERT each into the queue and into generations, one
+    NOTIFY on commit); in the order of `requests`. Call it in a transaction: both statements
+    must commit together."""
+    ids = [uuid.uuid4() for _ in requests]
+    created = await queue.enqueue(
+        conn,
+        [
+            queue.NewJob(KIND, id=job_id, max_attempts=request.max_attempts, watched=True)
+            for job_id, request in zip(ids, requests, strict=True)
+        ],
+    )
+    await conn.execute(
+        queries.generation_insert_many,
+        ids,
+        [request.animal for request in requests],
+        [request.num_images for request in requests],
+    )
+    return [
+        Generation(
+            id=job_id,
+            status=Status.PENDING,
+            num_images=request.num_images,
+            animal=request.animal,
+            error=None,
+            attempts=0,
+            created_at=created[job_id],
+            updated_at=created[job_id],
+            started_at=None,
+            finished_at=None,
+        )
+        for job_id, request in zip(ids, requests, strict=True)
+    ]
+
+
+def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, Generation]:
+    """Creates jobs for concurrent requests together (see app/batching.py): one transaction,
+    one commit and one NOTIFY for all the requests that arrive while the previous one runs."""
+
+    async def write(batch: list[Request]) -> list[Generation]:
+        async with pool.acquire() as conn, conn.transaction():
+            return await create_many(conn, batch)
+
+    return Batcher(write, max_batch=max_batch)
+
+
+async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
+    row = await conn.fetchrow(queries.generation_get, job_id)
+    return None if row is None else Generation.from_record(row)
+
+
+async def cancel(conn: Connection, *, job_id: UUID) -> bool:
+    """Cancel the job if it is pending or processing; False when unknown or already finished."""
+    return await queue.cancel(conn, job_id=job_id) is not None
+
+
+async def pending_count(conn: Connection, *, cap: int) -> int:
+    """Generations waiting, counted no further than `cap`."""
+    return await queue.pending_count(conn, kind=KIND, cap=cap)
+
+
+async def queue_depth(conn: Connection) -> asyncpg.Record:
+    """(pending, processing, oldest_due, now) of generations."""
+    return await queue.depth(conn, kind=KIND)
+
+
+async def forget(conn: asyncpg.Connection, job_ids: list[UUID]) -> None:
+    """Retention deleted these jobs: delete their generations, with their images."""
+    await conn.execute(queries.generation_forget, job_ids)
+
+
+FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=2**128 - 1))
+"""A cursor after every job: where the first page starts."""
+
+
+def list_statement(
+    status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The listing query for `status` (None: every job) and its arguments. Each status has the
+    query that reads the right index, even in a generic plan."""
+    created_at, job_id = after or FIRST_PAGE
+    if status is None:
+        return queries.generation_list, (created_at, job_id, limit)
+    if status is Status.COMPLETED:
+        return queries.generation_list_completed, (created_at, job_id, limit)
+    if status in (Status.PENDING, Status.PROCESSING):
+        return queries.generation_list_waiting, (status is Status.PROCESSING, created_at, job_id, limit)
+    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit)
+
+
+async def list_page(
+    conn: Connection, *, status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+) -> list[Generation]:
+    """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
+    query, args = list_statement(status, after, limit)
+    return [Generation.from_record(row) for row in await conn.fetch(query, *args)]

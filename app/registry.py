@@ -1,0 +1,36 @@
+"""What a worker process is made of: every kind of job menagerie runs, configured from the
+settings, and the maintenance rounds of the layers above the queue. The entry points
+(worker.py, `python -m app run`) build it; the queue itself knows none of this."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app import idempotency
+from app.images import generate
+from app.images.providers.local import LocalProvider
+from app.queue.kinds import Kind, configured
+from app.queue.maintenance import Round
+from app.settings import Settings
+
+
+def kinds(settings: Settings, pool: asyncpg.Pool) -> list[Kind]:
+    """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...)."""
+    provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
+    registered = [generate.kind(pool, provider, db_patience=settings.lease_seconds)]
+    return [configured(kind, settings.kind(kind.name)) for kind in registered]
+
+
+def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
+    """Maintenance rounds of the layers above the queue."""
+
+    async def forget_expired_keys() -> None:
+        await idempotency.forget_expired(pool, batch_size=settings.retention_batch_size)
+
+    return [Round("idempotency-keys", 600.0, forget_expired_keys)]
+
+
+def pool_size(settings: Settings) -> int:
+    """Connections a worker process may use: one per running generation (it stores its
+    images), plus outcomes, heartbeat and maintenance."""
+    return settings.worker_concurrency + 4

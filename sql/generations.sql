@@ -1,0 +1,87 @@
+-- Image generations (jobs of kind 'generate') as the API and the generation handler see them:
+-- what was asked for (generations), the job's status (the view jobs, or job_queue and
+-- finished_jobs directly where an index of theirs serves) and the images stored so far.
+
+-- name: generation_insert_many
+-- Records what each new generation job asks for; run in the transaction that enqueues the
+-- jobs, so created_at is the jobs' own.
+-- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[])
+INSERT INTO generations (job_id, animal, num_images)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[]);
+
+-- name: generation_get
+-- One generation with its job's status and the indexes of the images stored so far.
+-- $1 job id
+SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
+       j.updated_at, j.started_at, j.finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM generations g JOIN jobs j ON j.id = g.job_id
+WHERE g.job_id = $1;
+
+-- name: generation_for_run
+-- What the generation handler needs to run a claimed job: the request, and the images an
+-- earlier attempt already stored (kept, not made again).
+-- $1 job id
+SELECT g.animal, g.num_images,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM generations g
+WHERE g.job_id = $1;
+
+-- name: generation_list
+-- A page of generations, newest first, strictly after the keyset cursor (created_at, id).
+-- The first page passes a cursor after every job (the largest timestamp and uuid).
+-- $1 cursor created_at, $2 cursor id, $3 limit
+SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
+       j.updated_at, j.started_at, j.finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM generations g JOIN jobs j ON j.id = g.job_id
+WHERE (g.created_at, g.job_id) < ($1, $2)
+ORDER BY g.created_at DESC, g.job_id DESC
+LIMIT $3;
+
+-- name: generation_list_completed
+-- Like generation_list, completed generations only: walks all generations newest first and
+-- keeps the completed ones, which are nearly all of them.
+-- $1 cursor created_at, $2 cursor id, $3 limit
+SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
+       f.finished_at AS updated_at, f.started_at, f.finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM generations g JOIN finished_jobs f ON f.id = g.job_id
+WHERE f.status = 'completed' AND (g.created_at, g.job_id) < ($1, $2)
+ORDER BY g.created_at DESC, g.job_id DESC
+LIMIT $3;
+
+-- name: generation_list_unsuccessful
+-- Like generation_list, only generations that ended in status $1 (failed or canceled): read
+-- through finished_jobs_unsuccessful_idx. The status is also spelled out as a condition, so
+-- that even a generic plan (which cannot see $1) knows that index holds every row it wants.
+-- $1 status, $2 cursor created_at, $3 cursor id, $4 limit
+SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
+       f.finished_at AS updated_at, f.started_at, f.finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM finished_jobs f JOIN generations g ON g.job_id = f.id
+WHERE f.kind = 'generate' AND f.status = $1 AND f.status <> 'completed'
+  AND (f.created_at, f.id) < ($2, $3)
+ORDER BY f.created_at DESC, f.id DESC
+LIMIT $4;
+
+-- name: generation_list_waiting
+-- Like generation_list, only generations whose job waits ($1 false: pending) or runs ($1 true:
+-- processing). There are few of those (at most about MAX_PENDING_JOBS, and the workers'
+-- slots): they are read from job_queue, then sorted.
+-- $1 running, $2 cursor created_at, $3 cursor id, $4 limit
+SELECT g.job_id AS id, CASE WHEN q.worker_id IS NULL THEN 'pending' ELSE 'processing' END AS status,
+       g.num_images, g.animal, q.error, q.attempts, q.created_at, q.updated_at, q.started_at,
+       NULL::timestamptz AS finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+FROM job_queue q JOIN generations g ON g.job_id = q.id
+WHERE q.kind = 'generate' AND (q.worker_id IS NOT NULL) = $1
+  AND (q.created_at, q.id) < ($2, $3)
+ORDER BY q.created_at DESC, q.id DESC
+LIMIT $4;
+
+-- name: generation_forget
+-- Deletes the generations of jobs that retention deleted, with their images (ON DELETE
+-- CASCADE) and Idempotency-Key records.
+-- $1 job ids (uuid[])
+DELETE FROM generations WHERE job_id = ANY($1::uuid[]);
