@@ -28,6 +28,7 @@ import pytest
 
 from app import migrate
 from app.queue.kinds import Kind
+from app.queue.maintenance import Maintenance, queue_rounds
 from app.queue.worker import Timing, Worker
 from app.settings import Settings
 from tests.support import TEST_TIMING, test_kind, api_client
@@ -120,26 +121,45 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
-    """Start in-process workers, each with its own pool and LISTEN connection, listening
-    before this returns; all are stopped (grace skipped) and awaited when the test ends. Give
-    it kinds, or one handler for jobs of the test kind (see tests.support.test_kind)."""
-    started: list[tuple[Worker, asyncio.Task[None], asyncpg.Pool]] = []
+    """Start in-process workers as a worker process runs them: the worker loop, with its own
+    pool and LISTEN connection (listening before this returns), beside the queue's
+    maintenance loop. All are stopped (grace skipped) and awaited when the test ends. Give it
+    kinds, or one handler for jobs of the test kind (see tests.support.test_kind); `url` for
+    another database than the test's own."""
+    started: list[tuple[Worker, asyncio.Task[None], asyncio.Task[None], asyncpg.Pool]] = []
 
     async def start(
-        *kinds: Kind | Callable[..., Any], concurrency: int = 4, timing: Timing = TEST_TIMING, timeout: float = 300
+        *kinds: Kind | Callable[..., Any],
+        concurrency: int = 4,
+        timing: Timing = TEST_TIMING,
+        timeout: float = 300,
+        url: str | None = None,
     ) -> Worker:
         built = [kind if isinstance(kind, Kind) else test_kind(kind, slots=concurrency, timeout=timeout) for kind in kinds]
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=sum(kind.slots for kind in built) + 3)
-        worker = Worker(pool=pool, listen_url=database_url, kinds=built, timing=timing)
-        started.append((worker, asyncio.create_task(worker.run()), pool))
+        url = url or database_url
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=sum(kind.slots for kind in built) + 4)
+        worker = Worker(pool=pool, listen_url=url, kinds=built, timing=timing)
+        maintenance = Maintenance(
+            queue_rounds(
+                pool,
+                lease_seconds=timing.lease_seconds,
+                retention_days=0,
+                retention_batch=500,
+                forget={kind.name: kind.forget for kind in built},
+                on_reclaimed=worker.metrics.reclaimed,
+            )
+        )
+        started.append((worker, asyncio.create_task(worker.run()), asyncio.create_task(maintenance.run()), pool))
         await asyncio.wait_for(worker.listener.connected.wait(), 10)
         return worker
 
     yield start
-    for worker, task, pool in started:
+    for worker, running, maintaining, pool in started:
         worker.stop()
         worker.stop()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(running, 10)
+        maintaining.cancel()
+        await asyncio.gather(maintaining, return_exceptions=True)
         await pool.close()
 
 
