@@ -79,6 +79,22 @@ async def wait_until_terminal(http: httpx.AsyncClient, location: str, timeout: f
     raise AssertionError(f"job {location} still {job.get('status')} after {timeout}s")
 
 
+SENTINEL = "sentinel"
+
+
+async def wait_for_earlier_notifications(pool: asyncpg.Pool, channel: str, received: list[str]) -> None:
+    """NOTIFY a marker on `channel` and wait until the listener appending payloads to
+    `received` has it: it then has every notification committed before (PostgreSQL delivers
+    them in commit order). The marker is removed from `received`."""
+    await pool.execute("SELECT pg_notify($1, $2)", channel, SENTINEL)
+
+    async def arrived() -> bool:
+        return SENTINEL in received
+
+    await wait_for(arrived)
+    received.remove(SENTINEL)
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]], *, timeout: float = 10, interval: float = 0.02
 ) -> None:

@@ -19,7 +19,7 @@ from app.providers import ProviderError
 from app.providers.local import LocalProvider
 from app.sql import queries
 from app.worker import Timing, Worker
-from tests.support import insert_jobs, wait_for
+from tests.support import insert_jobs, wait_for, wait_for_earlier_notifications
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -200,24 +200,10 @@ async def test_a_bulk_insert_costs_one_notification(database_url, pool):
                 "SELECT pg_stat_get_xact_function_calls('jobs_wake_workers'::regproc)"
             )
         assert calls == 1, f"the wake-up trigger ran {calls} times for one 100-row INSERT"
-        await _notify_sentinel(pool)
-        await wait_for(lambda: _received_sentinel(received))
+        await wait_for_earlier_notifications(pool, JOBS_CHANNEL, received)
     finally:
         await listener.close()
-    assert received == ["", SENTINEL]
-
-
-SENTINEL = "sentinel"
-
-
-async def _notify_sentinel(pool: asyncpg.Pool) -> None:
-    """NOTIFY a marker on the jobs channel: a listener that has it has every notification
-    committed before it (PostgreSQL delivers them in commit order)."""
-    await pool.execute("SELECT pg_notify($1, $2)", JOBS_CHANNEL, SENTINEL)
-
-
-async def _received_sentinel(received: list[str]) -> bool:
-    return SENTINEL in received
+    assert received == [""]
 
 
 async def test_the_claim_uses_the_partial_index_with_100k_finished_jobs(pool):
@@ -398,11 +384,12 @@ async def test_jobs_inserted_while_the_listener_was_deaf_are_found_after_it_reco
     await wait_for(lambda: _completed(pool, 1))  # the worker is past its start-up look, idle
     await pool.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_wake_workers_on_insert")
     deaf = await insert_jobs(pool, 2)
-    killed_at = await pool.fetchval(
-        "SELECT clock_timestamp() FROM pg_stat_activity, pg_terminate_backend(pid) "
+    killed_at = await pool.fetchval("SELECT clock_timestamp()")
+    killed = await pool.fetch(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity "
         "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
     )
-    assert killed_at is not None, "no LISTEN connection to kill"
+    assert [row["killed"] for row in killed] == [True], "no LISTEN connection was killed"
     await wait_for(lambda: _reconnected(worker))
     await wait_for(lambda: _completed(pool, 3))
     assert sum(handler.runs.values()) == 3
