@@ -53,6 +53,7 @@ class FailingProvider:
         raise ProviderError("the model is on fire")
 
 
+@pytest.mark.smoke
 async def test_notify_wakes_an_idle_worker_without_any_sweep(pool, start_worker):
     """With the safety sweep an hour away, a job inserted after the worker went idle is still
     claimed at once: only the NOTIFY can have woken it."""
@@ -181,6 +182,7 @@ async def test_a_worker_that_lost_its_job_can_write_nothing(pool):
     assert await pool.fetchval("SELECT count(*) FROM images") == 0
 
 
+@pytest.mark.smoke
 async def test_a_bulk_insert_costs_one_notification(database_url, pool):
     """The wake-up trigger is per statement: inserting 100 jobs at once calls it once and
     sends one NOTIFY. (PostgreSQL folds identical notifications of one transaction, so a

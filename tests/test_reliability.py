@@ -60,6 +60,7 @@ class Script:
             await asyncio.sleep(3600)
 
 
+@pytest.mark.smoke
 async def test_a_transient_failure_is_retried_after_backoff_woken_by_a_timer(pool, start_worker):
     """A transient failure puts the job back with a backoff; with the safety sweep an hour away
     the worker still wakes when it is due and completes it on attempt 2."""
