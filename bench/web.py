@@ -37,7 +37,7 @@ import httpx
 from peers import DEFAULT_DSN_ADMIN, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
-DURATION_S = (10, 3)  # full, quick
+DURATION_S = (10, 1)  # full, quick (a smoke run: a second of wrk is thousands of requests)
 
 POST_SCRIPT = """
 wrk.method = "POST"
