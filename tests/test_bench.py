@@ -27,9 +27,10 @@ other skipped measure fails the test."""
 # (0, or a figure from no work).
 MIN_JOBS_PER_S = 100
 MIN_REQUESTS_PER_S = 50
-MAX_PICKUP_P99_MS = 1000
-"""A NOTIFY-driven pickup takes milliseconds; a worker that missed the wake-up waits for its
-safety sweep (30 s in the benchmark)."""
+MAX_PICKUP_P99_MS = 5000
+"""A NOTIFY-driven pickup takes milliseconds (a stall of the machine delays every job queued
+meanwhile, hence seconds of room); a worker that missed the wake-up waits for its safety
+sweep, 30 s in the benchmark."""
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,8 @@ def test_every_queue_measure_ran_and_handled_each_job_once(bench, peer):
 def test_the_scale_measure_timed_every_statement_on_both_tables(bench):
     """The scale measure ran on a loaded table and timed claim, first and next page on both
     databases."""
-    entry = bench["measures"].get("scale/menagerie")
     [run] = runs_of(bench, "scale/menagerie")
-    assert entry["finished_jobs"] > 0
+    assert bench["measures"]["scale/menagerie"]["finished_jobs"] > 0
     for table in ("empty", "loaded"):
         assert set(run[table]) == {"claim_10_ms", "list_first_page_ms", "list_next_page_ms"}, run
         assert all(0 < ms < 1000 for ms in run[table].values()), run
