@@ -34,7 +34,12 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def insert_jobs(
-    pool: asyncpg.Pool | asyncpg.Connection, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
+    pool: asyncpg.Pool | asyncpg.Connection,
+    count: int,
+    *,
+    num_images: int = 1,
+    animal: str = "cat",
+    max_attempts: int = 3,
 ) -> list[UUID]:
     """Insert `count` pending jobs in one statement (one NOTIFY); their ids."""
     rows = await pool.fetch(
