@@ -249,6 +249,10 @@ class Peer(abc.ABC):
         records both; None otherwise."""
         return None
 
+    async def failed(self, conn: asyncpg.Connection) -> int | None:
+        """Jobs that ended failed, where the peer keeps them; None when it does not tell."""
+        return None
+
     def version(self) -> str:
         from importlib.metadata import version
 
@@ -499,6 +503,9 @@ class MenageriePeer(Peer):
         )
         return [float(row["ms"]) for row in rows]
 
+    async def failed(self, conn: asyncpg.Connection) -> int | None:
+        return await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'failed'")
+
     def version(self) -> str:
         from importlib.metadata import version
 
@@ -580,6 +587,9 @@ class BarePeer(Peer):
 
     async def remaining(self, conn: asyncpg.Connection) -> int:
         return await conn.fetchval("SELECT count(*) FROM bare_jobs")
+
+    async def failed(self, conn: asyncpg.Connection) -> int | None:
+        return 0  # no failure path: a claimed row is handled inline, then deleted
 
     def version(self) -> str:
         return "asyncpg " + asyncpg.__version__
@@ -827,6 +837,7 @@ async def drain_once(peer: Peer, dsn_admin: str, jobs: int, workers: int) -> dic
                 await asyncio.sleep(DRAIN_POLL_INTERVAL_S)
             elapsed = time.perf_counter() - t0
             results = [await h.stop() for h in handles]
+            failed = await peer.failed(conn)
 
     return {
         "jobs": jobs,
@@ -834,6 +845,7 @@ async def drain_once(peer: Peer, dsn_admin: str, jobs: int, workers: int) -> dic
         "seconds": round(elapsed, 3),
         "jobs_per_s": round(jobs / elapsed, 1),
         "handled": sum(r["count"] for r in results),
+        "failed": failed,
         "per_worker": [r["count"] for r in results],
         "worker_cpu_s": [round(r["cpu_s"], 2) for r in results],
         "bulk_fill_jobs_per_s": round(jobs / fill_s, 1),

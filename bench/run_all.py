@@ -2,11 +2,17 @@
 
     python bench/run_all.py            # full: 3 runs each, median and min-max
     python bench/run_all.py --quick    # smoke: small workloads, 1 run, under a minute or so
+    python bench/run_all.py --quick --no-write --json out.json   # also every run's figures, as JSON
 
 Each measure runs as its own process (bench/peers.py, bench/web.py, bench/scale.py) on a fresh
 database. Peers that are not installed (`pip install -e '.[bench]'`) and the HTTP measures
 when wrk is missing are reported as skipped, not failed. Text after the notes marker in an
 existing RESULTS.md is kept.
+
+`--json PATH` writes, for each measure (`drain/menagerie`, `http-post/menagerie`, ...), either
+the figures of every run (`{"runs": [...]}`, each as the measure's script printed them:
+jobs handled and failed, requests failed, ...) or why it was skipped (`{"skipped": reason}`),
+so that a test can check what the table only summarises.
 """
 
 from __future__ import annotations
@@ -62,19 +68,29 @@ def available(peer: str) -> bool:
     return peer in ("menagerie", "bare") or importlib.util.find_spec(peer) is not None
 
 
-def collect(quick: bool, runs: int, peers: list[str], peer_runs: dict[str, int]) -> dict[str, Any]:
+def collect(
+    quick: bool, runs: int, peers: list[str], peer_runs: dict[str, int], raw: dict[str, Any]
+) -> dict[str, Any]:
+    """Run every measure; return the summaries the table reads. `raw` receives, per measure,
+    every run's figures or the reason it was skipped (what --json writes)."""
     results: dict[str, Any] = {}
     flag = ["--quick"] if quick else []
+
+    def skip(key: str, reason: str) -> None:
+        results[key] = f"skipped: {reason}"
+        raw[key] = {"skipped": reason}
+
     for measure in QUEUE_MEASURES:
         for peer in peers:
             if not available(peer):
-                results[f"{measure}/{peer}"] = "skipped: not installed"
+                skip(f"{measure}/{peer}", "not installed")
                 continue
             figures = [
                 run_json([str(BENCH / "peers.py"), "--peer", peer, "--measure", measure, *flag])["figures"]
                 for _ in range(peer_runs.get(peer, runs))
             ]
             results[f"{measure}/{peer}"] = summarise(figures)
+            raw[f"{measure}/{peer}"] = {"runs": figures}
             print(f"  {measure:13} {peer:14} done", file=sys.stderr, flush=True)
     http = {
         "http-post": ["--measure", "post"],
@@ -83,14 +99,16 @@ def collect(quick: bool, runs: int, peers: list[str], peer_runs: dict[str, int])
     }
     for key, args in http.items():
         if shutil.which("wrk") is None:
-            results[f"{key}/menagerie"] = "skipped: wrk not installed"
+            skip(f"{key}/menagerie", "wrk not installed")
             continue
         figures = [run_json([str(BENCH / "web.py"), *args, *flag])["figures"] for _ in range(runs)]
         results[f"{key}/menagerie"] = summarise(figures)
+        raw[f"{key}/menagerie"] = {"runs": figures}
         print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
     scale = run_json([str(BENCH / "scale.py"), *flag])
     results["scale/menagerie"] = summarise([scale["figures"]])
     results["scale_rows"] = scale["finished_jobs"]
+    raw["scale/menagerie"] = {"runs": [scale["figures"]], "finished_jobs": scale["finished_jobs"]}
     return results
 
 
@@ -246,12 +264,18 @@ def main() -> None:
         help="runs for some peers only, e.g. procrastinate=1 (its drain takes minutes)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write every run's figures and every skip's reason here"
+    )
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     started = time.perf_counter()
     peer_runs = {peer: int(n) for peer, n in (item.split("=") for item in args.peer_runs.split(",") if item)}
-    results = collect(args.quick, runs, args.peers.split(","), peer_runs)
+    raw: dict[str, Any] = {}
+    results = collect(args.quick, runs, args.peers.split(","), peer_runs, raw)
     print(table(results), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"quick": args.quick, "runs": runs, "measures": raw}, indent=1))
     if not args.no_write:
         write_results(results, quick=args.quick, runs=runs, seconds=time.perf_counter() - started)
 

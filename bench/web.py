@@ -37,7 +37,7 @@ import httpx
 from peers import DEFAULT_DSN_ADMIN, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
-DURATION_S = (10, 3)  # full, quick
+DURATION_S = (10, 1)  # full, quick (a smoke run: a second of wrk is thousands of requests)
 
 POST_SCRIPT = """
 wrk.method = "POST"
@@ -87,16 +87,30 @@ async def server(dsn: str, extra_env: dict[str, str] | None = None) -> AsyncIter
 
 
 def wrk(url: str, *, connections: int, seconds: int, script: str | None = None) -> dict[str, Any]:
-    """Run wrk; return requests/s, latency percentiles (ms) and non-2xx counts."""
+    """Run wrk; return requests/s, latency percentiles (ms), the requests answered, and the
+    failed ones: answered neither 2xx nor 3xx (`non_2xx`), or lost to a socket error
+    (connect, read, write, timeout: `socket_errors`); `failed` is their sum."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(script or "")
     args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url]
     output = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     os.unlink(lua.name)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    requests = int(re.search(r"(\d+) requests in ", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    # Printed only when there were any: "Socket errors: connect 0, read 2, write 0, timeout 0".
+    socket = re.search(r"Socket errors:\s+connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = sum(int(n) for n in socket.groups()) if socket else 0
+    non_2xx_count = int(non_2xx.group(1)) if non_2xx else 0
     latencies = {f"p{p}_ms": round(float(v) * UNITS[u], 2) for p, v, u in LATENCY_LINE.findall(output)}
-    return {"requests_per_s": rate, **latencies, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+    return {
+        "requests_per_s": rate,
+        **latencies,
+        "requests": requests,
+        "non_2xx": non_2xx_count,
+        "socket_errors": socket_errors,
+        "failed": non_2xx_count + socket_errors,
+    }
 
 
 async def measure(

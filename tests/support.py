@@ -14,6 +14,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from app import queue
+from app.images import generations
 from app.api import create_app
 from app.queue.kinds import Exponential, Kind
 from app.queue.worker import Timing
@@ -31,6 +32,8 @@ TEST_BACKOFF = Exponential(base=0.2, cap=0.4)
 def test_kind(handler, *, slots: int = 4, timeout: float = 300, backoff=TEST_BACKOFF) -> Kind:
     """A kind named `test` running `handler`."""
     return Kind(TEST_KIND, handler, slots=slots, timeout=timeout, backoff=backoff)
+
+
 TERMINAL = {"completed", "failed", "canceled"}
 
 
@@ -44,7 +47,12 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def insert_jobs(
-    pool: asyncpg.Pool, count: int, *, kind: str = TEST_KIND, args: object = None, max_attempts: int = 3,
+    pool: asyncpg.Pool | asyncpg.Connection,
+    count: int,
+    *,
+    kind: str = TEST_KIND,
+    args: object = None,
+    max_attempts: int = 3,
     watched: bool = False,
 ) -> list[UUID]:
     """Enqueue `count` jobs of `kind` in one statement (one NOTIFY); their ids."""
@@ -53,6 +61,17 @@ async def insert_jobs(
             pool, [queue.NewJob(kind, args=args, max_attempts=max_attempts, watched=watched) for _ in range(count)]
         )
     )
+
+
+async def insert_generations(
+    pool: asyncpg.Pool, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
+) -> list[UUID]:
+    """Create `count` pending generation jobs in one transaction (one NOTIFY); their ids."""
+    async with pool.acquire() as conn, conn.transaction():
+        created = await generations.create_many(
+            conn, [generations.Request(num_images, animal, max_attempts)] * count
+        )
+    return [job.id for job in created]
 
 
 def free_port() -> int:
@@ -84,6 +103,22 @@ async def wait_until_terminal(http: httpx.AsyncClient, location: str, timeout: f
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {location} still {job.get('status')} after {timeout}s")
+
+
+SENTINEL = "sentinel"
+
+
+async def wait_for_earlier_notifications(pool: asyncpg.Pool, channel: str, received: list[str]) -> None:
+    """NOTIFY a marker on `channel` and wait until the listener appending payloads to
+    `received` has it: it then has every notification committed before (PostgreSQL delivers
+    them in commit order). The marker is removed from `received`."""
+    await pool.execute("SELECT pg_notify($1, $2)", channel, SENTINEL)
+
+    async def arrived() -> bool:
+        return SENTINEL in received
+
+    await wait_for(arrived)
+    received.remove(SENTINEL)
 
 
 async def wait_for(

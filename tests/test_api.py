@@ -250,6 +250,7 @@ async def test_create_keeps_the_animal_the_client_named(create_job: CreateJob) -
     assert job["animal"] == "penguin"
 
 
+@pytest.mark.smoke
 async def test_create_writes_the_row_it_answers_with(
     pool: asyncpg.Pool, create_job: CreateJob
 ) -> None:
@@ -391,6 +392,7 @@ async def test_create_rejects_a_body_over_64_kib(
 # GET /generations/{jobId}
 
 
+@pytest.mark.smoke
 async def test_get_returns_the_job(
     client: httpx.AsyncClient, create_job: CreateJob
 ) -> None:

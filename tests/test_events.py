@@ -56,6 +56,7 @@ async def service(database_url, spawn) -> AsyncIterator[str]:
     yield base
 
 
+@pytest.mark.smoke
 async def test_a_stream_shows_the_job_go_from_pending_to_completed_with_each_image(service):
     """A client streaming a new job sees the job at once, then `processing`, one `image` event
     per image in order, then `completed`, and the stream closes."""

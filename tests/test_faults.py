@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import migrate
 from tests.support import free_port, insert_jobs, wait_for, wait_ready, wait_until_terminal
@@ -76,6 +78,23 @@ def fast_settings(database_url: str, **extra: str) -> dict[str, str]:
 
 async def count(db: asyncpg.Pool, where: str = "true") -> int:
     return await db.fetchval(f"SELECT count(*) FROM jobs WHERE {where}")
+
+
+async def worker_metrics(port: int) -> dict[str, float]:
+    """A worker's metrics from WORKER_METRICS_PORT, as {"jobs_total:claimed": 1.0,
+    "listener_reconnects_total": 0.0, ...} (menagerie_worker_ left off); {} until it serves."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.TransportError:
+        return {}
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("menagerie_worker_")
+            label = sample.labels.get("event")
+            values[f"{name}:{label}" if label else name] = sample.value
+    return values
 
 
 async def all_finished(db: asyncpg.Pool, total: int) -> bool:
@@ -162,13 +181,15 @@ async def test_four_workers_with_random_failures_follow_the_retry_rules(database
 
 async def test_killing_every_connection_repeatedly_loses_nothing(database_url, db, spawn):
     """pg_terminate_backend on every server and worker connection, again and again during a
-    run: all jobs complete, the server never answers 500 and recovers, nothing is lost."""
+    run: connections of both are killed, each worker's listener reconnects, all jobs
+    complete, the server never answers 500 and recovers, nothing is lost."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = fast_settings(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.05")
     server = spawn("server.py", env=env)
-    spawn("tests/fault_worker.py", env=env)
-    spawn("tests/fault_worker.py", env=env)
+    metrics_ports = [free_port(), free_port()]
+    for metrics_port in metrics_ports:
+        spawn("tests/fault_worker.py", env={**env, "WORKER_METRICS_PORT": str(metrics_port)})
     await wait_ready(base, server)
     statuses: list[int] = []
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
@@ -181,8 +202,11 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
                 created.append(response.headers["location"])
             statuses.append((await http.get("/generations?limit=5")).status_code)
             await asyncio.sleep(0.05)
-        await storm
+        killed = await storm
+        assert killed["menagerie-server"] > 0 and killed["menagerie-worker"] > 0, killed
         assert set(statuses) <= {200, 202, 503}, statuses
+        for metrics_port in metrics_ports:
+            await wait_for(lambda: _reconnected(metrics_port), timeout=10, interval=0.1)
         await wait_ready(base, server)
         for location in created:
             job = await wait_until_terminal(http, location, timeout=60)
@@ -192,14 +216,24 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
     await assert_every_job_completed_with_its_images(db, total)
 
 
-async def _terminate_connections(db: asyncpg.Pool, *, rounds: int, every: float) -> None:
+async def _terminate_connections(db: asyncpg.Pool, *, rounds: int, every: float) -> Counter[str]:
+    """Terminate every connection but the harness's, `rounds` times; how many were killed,
+    by application_name."""
+    killed: Counter[str] = Counter()
     for _ in range(rounds):
         await asyncio.sleep(every)
-        await db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        rows = await db.fetch(
+            "SELECT application_name, pg_terminate_backend(pid) AS killed FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND application_name NOT LIKE 'test-harness%'"
         )
+        killed.update(row["application_name"] for row in rows if row["killed"])
+    return killed
+
+
+async def _reconnected(metrics_port: int) -> bool:
+    """The worker's LISTEN connection was lost and made again at least once."""
+    return (await worker_metrics(metrics_port)).get("listener_reconnects_total", 0) >= 1
 
 
 @dataclass
@@ -264,7 +298,12 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         before = [(await http.post("/generations", json={"numImages": 5})).headers["location"]
                   for _ in range(4)]
-        await asyncio.sleep(0.3)
+
+        async def worker_busy() -> bool:
+            statuses = [(await http.get(location)).json()["status"] for location in before]
+            return "processing" in statuses
+
+        await wait_for(worker_busy)  # PostgreSQL stops mid-run, not before the run began
         await asyncio.to_thread(private_cluster.stop)
         down = [
             await http.get(path)
@@ -278,6 +317,8 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
             assert response.headers["content-type"] == "application/problem+json"
             assert "retry-after" in response.headers
         assert (await http.get("/healthz")).status_code == 200
+        # The outage lasts a while (the worker's listener and writes retry against a stopped
+        # server meanwhile); a length of the scenario, not a wait for anything.
         await asyncio.sleep(1.5)
         await asyncio.to_thread(private_cluster.start)
         await wait_ready(base, server)
@@ -311,53 +352,43 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
         url, FAULT_HANDLER="quiet", FAULT_QUIET_SECONDS="5", LEASE_SECONDS="60",
         WORKER_CONCURRENCY="1", WORKER_METRICS_PORT=str(port),
     )
-    spawn("tests/fault_worker.py", env=env)
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
-    async with httpx.AsyncClient(timeout=2) as http:
-        async def worker_counts() -> dict[str, float]:
-            try:
-                text = (await http.get(metrics_url)).text
-            except httpx.TransportError:
-                return {}
-            return {
-                event: float(value)
-                for event, value in re.findall(r'menagerie_worker_jobs_total\{event="(\w+)"\} (\S+)', text)
-            }
-
-        await wait_for(worker_counts, timeout=20, interval=0.1)
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-        try:
-            job_id = await pool.fetchval("INSERT INTO jobs (num_images, animal) VALUES (2, 'owl') RETURNING id")
-            await wait_for(lambda: pool.fetchval("SELECT status = 'processing' FROM jobs"), timeout=10)
-        finally:
-            await pool.close()
-        await asyncio.to_thread(private_cluster.stop, "immediate")
-        await asyncio.to_thread(private_cluster.start)
-        conn = await asyncpg.connect(url)
-        try:
-            after_crash = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
-            # Nothing flushed the claim, unless the WAL writer's 10 s timer happened to fire in
-            # the fraction of a second between claim and crash: then the claim survived, the
-            # first run goes on, and there is nothing to re-claim.
-            claim_lost = dict(after_crash) == {"status": "pending", "attempts": 0}
-            assert claim_lost or dict(after_crash) == {"status": "processing", "attempts": 1}
-            await wait_for(
-                lambda: conn.fetchval("SELECT status = 'completed' FROM jobs WHERE id = $1", job_id),
-                timeout=30,
-            )
-            job = await conn.fetchrow(
-                "SELECT attempts, (SELECT count(*) FROM images WHERE job_id = $1) AS images, "
-                "(SELECT count(*) FROM handler_runs WHERE job_id = $1) AS runs FROM jobs WHERE id = $1",
-                job_id,
-            )
-        finally:
-            await conn.close()
-        assert dict(job) == {"attempts": 1, "images": 2, "runs": 1}
-        counts = await worker_counts()
-        if claim_lost:
-            assert counts["claimed"] == 2 and counts["lost"] == 1 and counts["completed"] == 1, counts
-        else:
-            assert counts["claimed"] == 1 and counts["lost"] == 0 and counts["completed"] == 1, counts
+    worker = spawn("tests/fault_worker.py", env=env)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        # Registered: its first heartbeat, a durable commit that would flush the claim had it
+        # come after it, is behind it. The next is a third of a lease (20 s) away.
+        await wait_for(lambda: _registered(pool, worker.pid), timeout=20, interval=0.05)
+        await wait_for(lambda: worker_metrics(port), timeout=20, interval=0.1)
+        job_id = await pool.fetchval("INSERT INTO jobs (num_images, animal) VALUES (2, 'owl') RETURNING id")
+        await wait_for(lambda: pool.fetchval("SELECT status = 'processing' FROM jobs"), timeout=10)
+    finally:
+        await pool.close()
+    await asyncio.to_thread(private_cluster.stop, "immediate")
+    await asyncio.to_thread(private_cluster.start)
+    conn = await asyncpg.connect(url)
+    try:
+        after_crash = dict(await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id))
+        if after_crash == {"status": "processing", "attempts": 1}:
+            # The WAL writer's 10 s timer fired in the fraction of a second between claim and
+            # crash: the claim survived, and there is no lost claim to recover from.
+            pytest.skip("the claim was flushed before the crash: the lost-claim path did not run")
+        assert after_crash == {"status": "pending", "attempts": 0}, after_crash
+        await wait_for(
+            lambda: conn.fetchval("SELECT status = 'completed' FROM jobs WHERE id = $1", job_id),
+            timeout=30,
+        )
+        job = await conn.fetchrow(
+            "SELECT attempts, (SELECT count(*) FROM images WHERE job_id = $1) AS images, "
+            "(SELECT count(*) FROM handler_runs WHERE job_id = $1) AS runs FROM jobs WHERE id = $1",
+            job_id,
+        )
+    finally:
+        await conn.close()
+    assert dict(job) == {"attempts": 1, "images": 2, "runs": 1}
+    counts = await worker_metrics(port)
+    assert (counts["jobs_total:claimed"], counts["jobs_total:lost"], counts["jobs_total:completed"]) == (
+        2, 1, 1
+    ), counts
 
 
 async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):
@@ -365,35 +396,54 @@ async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, sp
     processing, and another worker finishes them without an attempt being counted."""
     env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1")
     leaving = spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, 4, num_images=6)
+    await insert_jobs(db, 4, num_images=20)  # 10 s each on the leaving worker
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
     started = time.monotonic()
     leaving.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(leaving.wait, 10) == 0
-    assert time.monotonic() - started < 1 + 2, "exit within the grace period (plus hand-back)"
+    assert await asyncio.to_thread(leaving.wait, 15) == 0
+    # The 1 s grace, then interrupting, handing back and closing take a few round trips; 3 s
+    # of room for a loaded machine. A worker that waited for its jobs would take about 10 s.
+    assert time.monotonic() - started < 1 + 3, "exit within the grace period (plus hand-back)"
     assert await count(db, "status = 'processing'") == 0
     assert await count(db, "status = 'pending'") == 4
-    spawn("tests/fault_worker.py", env=env)
+    spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0"})
     await wait_for(lambda: all_finished(db, 4), timeout=30, interval=0.1)
     rows = await db.fetch("SELECT attempts, (SELECT count(*) FROM images WHERE job_id = id) AS n FROM jobs")
-    assert [(row["attempts"], row["n"]) for row in rows] == [(1, 6)] * 4
+    assert [(row["attempts"], row["n"]) for row in rows] == [(1, 20)] * 4
 
 
 async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, spawn: Spawn):
-    """A worker already running and idle takes the jobs another hands back at SIGTERM within a
-    second: the hand-back NOTIFYs (the safety sweep is an hour away in these settings)."""
-    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0")
+    """A worker already running and idle takes the jobs another hands back at SIGTERM at
+    once: the hand-back NOTIFYs (the safety sweep is an hour away in these settings), and
+    the jobs come back uncounted (not reclaimed when a lease lapsed)."""
+    # Leases of 30 s: a job whose hand-back failed would wait that long to be reclaimed.
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0", LEASE_SECONDS="30")
     leaving = spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, 4, num_images=6)
+    jobs = await insert_jobs(db, 4, num_images=20)  # 10 s each on the leaving worker
     await wait_for(lambda: _all_processing(db, 4), timeout=15)
-    staying = spawn("tests/fault_worker.py", env=env)
-    await wait_for(lambda: _registered(db, staying.pid), timeout=15)  # past its start-up look
+    staying = spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0"})
+    # A job only it can take (the leaving worker is full), completed: it is past its start-up
+    # look, has had its wake-up, and is idle.
+    [probe] = await insert_jobs(db, 1)
+    await wait_for(lambda: _status_is(db, probe, "completed"), timeout=15)
     leaving.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(leaving.wait, 10) == 0
     handed_back = time.monotonic()
-    await wait_for(lambda: _running_on(db, staying.pid), timeout=5, interval=0.02)
-    assert time.monotonic() - handed_back < 1
-    await wait_for(lambda: all_finished(db, 4), timeout=30, interval=0.1)
+    # A NOTIFY wakes it in milliseconds; the alternatives are a 30 s lease or the hour-long
+    # sweep. 5 s is room for a loaded machine that still tells them apart.
+    await wait_for(lambda: _taken_by(db, jobs, staying.pid), timeout=5, interval=0.02)
+    assert time.monotonic() - handed_back < 5
+    await wait_for(lambda: all_finished(db, 5), timeout=30, interval=0.1)
+    assert await count(db, "attempts <> 1") == 0, "a job was reclaimed, not handed back"
+
+
+async def _taken_by(db: asyncpg.Pool, job_ids: list, pid: int) -> bool:
+    """Every one of the jobs was last claimed by the worker process `pid`."""
+    return await db.fetchval(
+        "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[]) AND worker_id LIKE '%-' || $2 || '-%'",
+        job_ids,
+        str(pid),
+    ) == len(job_ids)
 
 
 async def _all_processing(db: asyncpg.Pool, total: int) -> bool:
@@ -404,28 +454,62 @@ async def _registered(db: asyncpg.Pool, pid: int) -> bool:
     return await db.fetchval("SELECT count(*) FROM workers WHERE pid = $1", pid) == 1
 
 
+async def _status_is(db: asyncpg.Pool, job_id: object, status: str) -> bool:
+    return await db.fetchval("SELECT status FROM jobs WHERE id = $1::uuid", str(job_id)) == status
+
+
+class LogLines:
+    """Reads a process's stderr in a thread (so its pipe never fills); `saw(text)` tells
+    whether a line containing `text` has been logged yet."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.lines: list[str] = []
+        assert process.stderr is not None
+        self._stream = process.stderr
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self.lines.append(line.decode(errors="replace"))
+
+    async def saw(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+
 async def test_a_second_sigterm_skips_the_grace_period_but_still_hands_jobs_back(
     database_url, db, spawn: Spawn
 ):
     """A second SIGTERM ends the worker at once instead of after its 30 s grace, and its jobs
     are still handed back to pending."""
     env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30")
-    leaving = spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, 2, num_images=10)
+    leaving = spawn("tests/fault_worker.py", env=env, stderr=subprocess.PIPE)
+    log = LogLines(leaving)
+    await insert_jobs(db, 2, num_images=20)  # 20 s each: neither finishes by itself here
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
     leaving.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: log.saw("waiting up to 30s for 2 running jobs"))  # in its grace
+    started = time.monotonic()
     leaving.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(leaving.wait, 10) == 0
+    assert await asyncio.to_thread(leaving.wait, 15) == 0
+    # Interrupting and handing back take a few round trips; 3 s of room for a loaded machine,
+    # against the 30 s grace (or the 20 s jobs) a worker deaf to the second signal would wait.
+    assert time.monotonic() - started < 3
     assert await count(db, "status = 'pending' AND attempts = 0") == 2
 
 
 async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, spawn: Spawn):
-    """Canceling a processing job answers `canceled` at once, its worker stops it within one
-    second (its only slot takes the next job), and no image is stored after the cancel."""
-    port = free_port()
+    """Canceling a processing job answers `canceled` at once; the cancel NOTIFY stops it on
+    its worker (counted canceled, not lost), whose only slot takes the next job within one
+    second, and no image is stored after the cancel."""
+    port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    env = fast_settings(database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="0.3", WORKER_CONCURRENCY="1")
+    # Without the NOTIFY the run would go on until storing its next image found the job
+    # canceled (each image takes 1.5 s) or a heartbeat found it no longer owned (every third
+    # of a 30 s lease), and only then free the slot.
+    env = fast_settings(
+        database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="1.5", WORKER_CONCURRENCY="1",
+        LEASE_SECONDS="30", WORKER_METRICS_PORT=str(metrics_port),
+    )
     server = spawn("server.py", env=env)
     spawn("tests/fault_worker.py", env=env)
     await wait_ready(base, server)
@@ -437,8 +521,19 @@ async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, s
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         stored_at_cancel = await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id)
         next_job = (await http.post("/generations", json={"numImages": 1})).headers["location"]
-        await wait_for(lambda: _claimed(http, next_job), timeout=1.0, interval=0.01)
-        await asyncio.sleep(0.7)
+        # Claimed by the only slot: the canceled run is over, whatever stopped it.
+        await wait_for(lambda: _claimed(http, next_job), timeout=10)
+        gap = await db.fetchval(
+            "SELECT extract(epoch FROM claimed.started_at - canceled.finished_at) "
+            "FROM jobs claimed, jobs canceled WHERE claimed.id = $1::uuid AND canceled.id = $2::uuid",
+            next_job.rsplit("/", 1)[1],
+            job_id,
+        )
+        # Database clock, cancel to next claim: milliseconds by the NOTIFY (the next POST
+        # included), 1.5 s without it; a second leaves room for a loaded machine.
+        assert gap < 1, f"the slot freed {gap:.2f}s after the cancel"
+        counts = await worker_metrics(metrics_port)
+        assert (counts["jobs_total:canceled"], counts["jobs_total:lost"]) == (1, 0), counts
         assert await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id) == stored_at_cancel
         assert (await http.get(location)).json()["status"] == "canceled"
         again = await http.post(f"{location}/cancel")

@@ -87,17 +87,25 @@ async def _idle(worker: Worker) -> bool:
 
 
 async def test_the_queue_gauges_show_waiting_work_and_its_age(client, pool):
-    """With jobs pending (one due for a minute) and one processing, the server's gauges show
-    the depth by status and the age of the oldest due job."""
+    """With jobs pending (one due for a minute, one due now, one not due for an hour though
+    created a day ago) and one processing, the server's gauges show the depth by status and
+    how long the oldest due job has waited since it fell due."""
     await pool.execute(
-        "INSERT INTO jobs (num_images, animal, run_at) VALUES "
-        "(1, 'cat', now() - interval '60 seconds'), (1, 'cat', now()), (1, 'cat', now() + interval '1 hour')"
+        "INSERT INTO jobs (num_images, animal, run_at, created_at) VALUES "
+        "(1, 'cat', now() - interval '60 seconds', now() - interval '1 hour'), "
+        "(1, 'cat', now(), now()), "
+        "(1, 'cat', now() + interval '1 hour', now() - interval '1 day')"
     )
-    await queue.claim(pool, worker_id="w", limit=1, lease_seconds=30)
+    await pool.execute(
+        "INSERT INTO jobs (num_images, animal, status, worker_id, attempts, lease_expires_at, started_at) "
+        "VALUES (1, 'cat', 'processing', 'w', 1, now() + interval '30 seconds', now())"
+    )
     server = samples((await client.get("/metrics")).text)
-    assert server[("menagerie_queue_jobs", (("status", "pending"),))] == 2
+    assert server[("menagerie_queue_jobs", (("status", "pending"),))] == 3
     assert server[("menagerie_queue_jobs", (("status", "processing"),))] == 1
-    assert 0 <= server[("menagerie_queue_oldest_pending_seconds", ())] < 5
+    # Due 60 s before the insert; the scrape follows within a few round trips, so 60 s plus
+    # room for a loaded machine. Measured from created_at it would read an hour or a day.
+    assert 60 <= server[("menagerie_queue_oldest_pending_seconds", ())] < 75
 
 
 async def test_unknown_paths_are_counted_without_their_path(client):

@@ -23,6 +23,7 @@ def assert_distinct_pngs(blobs: list[bytes], size: int) -> None:
     assert len(set(blobs)) == len(blobs)
 
 
+@pytest.mark.smoke
 async def test_server_and_worker_on_a_fresh_database_complete_a_job_over_http(
     empty_database_url, spawn
 ):
