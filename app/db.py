@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
@@ -103,6 +104,22 @@ async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float
             if loop.time() + delay > give_up:
                 raise
             await asyncio.sleep(delay)
+
+
+@asynccontextmanager
+async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """`conn.transaction()`, except that when PostgreSQL drops the connection mid-way, the
+    error that dropped it propagates (asyncpg's own would replace it with an InterfaceError
+    from trying to roll back on a closed connection, which reads as a bug, not an outage)."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            await tx.rollback()
+        raise
+    await tx.commit()
 
 
 async def schema_is_migrated(conn: asyncpg.Connection, *, migration_ids: list[str]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from app import db
 from app.images import generations
 from app.images.generations import Generation, Request
 from app.sql import queries
@@ -30,7 +31,7 @@ async def create_once(
     async with pool.acquire() as conn:
         while True:
             try:
-                async with conn.transaction():
+                async with db.transaction(conn):
                     [job] = await generations.create_many(conn, [request])
                     if await conn.fetchval(queries.idempotency_claim, key, fingerprint, job.id, ttl) is None:
                         raise _LostRace

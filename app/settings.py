@@ -199,9 +199,21 @@ def load(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        name = _variable(str(error["loc"][0])) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
         stop(f"bad setting {name}={error.get('input')!r}: {message}")
+
+
+def _variable(name: str) -> str:
+    """The environment variable a bad value came from: of a setting's names (GENERATE_SLOTS or
+    WORKER_CONCURRENCY, say), the one that is set."""
+    for field in Settings.model_fields.values():
+        choices = getattr(field.validation_alias, "choices", None)
+        if choices and name in choices:
+            for choice in choices:
+                if choice.upper() in os.environ or choice in os.environ:
+                    return choice.upper()
+    return name.upper()
 
 
 def stop(message: str) -> NoReturn:

@@ -32,7 +32,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import jobs, migrate, queue  # noqa: E402
+from app import migrate  # noqa: E402
+from app.images import generations  # noqa: E402
+from app.queue import jobs  # noqa: E402
 from peers import DEFAULT_DSN_ADMIN, fresh_database  # noqa: E402
 
 FINISHED = (1_000_000, 50_000)  # full, quick
@@ -43,9 +45,9 @@ PENDING = 4_000  # more than warming up and all the rounds' claims take ((5 + RO
 
 def operations(pool: asyncpg.Pool, after: tuple[Any, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
-        "claim_10_ms": lambda: queue.claim(pool, worker_id="bench", limit=10, lease_seconds=30),
-        "list_first_page_ms": lambda: jobs.list_page(pool, status=None, after=None, limit=51),
-        "list_next_page_ms": lambda: jobs.list_page(pool, status=None, after=after, limit=51),
+        "claim_10_ms": lambda: jobs.claim(pool, worker_id="bench", wanted={"generate": 10}, lease_seconds=30),
+        "list_first_page_ms": lambda: generations.list_page(pool, status=None, after=None, limit=51),
+        "list_next_page_ms": lambda: generations.list_page(pool, status=None, after=after, limit=51),
     }
 
 
@@ -59,21 +61,23 @@ async def database(dsn_admin: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def add_finished(pool: asyncpg.Pool, count: int) -> None:
-    """`count` completed jobs, created over the day before the pending ones."""
+    """`count` completed generations, created over the day before the pending ones."""
     await pool.execute(
-        "INSERT INTO jobs (num_images, animal, status, attempts, created_at, updated_at, "
-        "started_at, finished_at) "
-        "SELECT 1, 'cat', 'completed', 1, t, t, t, t FROM generate_series(1, $1) AS n, "
-        "LATERAL (SELECT now() - interval '1 day' + n * interval '1 millisecond') AS at (t)",
+        "WITH finished AS (SELECT gen_random_uuid() AS id, now() - interval '1 day' + n * interval '1 millisecond' AS t "
+        "                  FROM generate_series(1, $1) AS n), "
+        "described AS (INSERT INTO generations (job_id, animal, num_images, created_at) "
+        "              SELECT id, 'cat', 1, t FROM finished) "
+        "INSERT INTO finished_jobs (id, kind, status, attempts, max_attempts, created_at, started_at, finished_at, version) "
+        "SELECT id, 'generate', 'completed', 1, 3, t, t, t, 3 FROM finished",
         count,
     )
 
 
 async def add_pending(pool: asyncpg.Pool) -> tuple[Any, Any]:
     """The pending jobs both databases share; returns the cursor after the first page."""
-    await pool.execute("INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, $1)", PENDING)
-    await pool.execute("VACUUM ANALYZE jobs")
-    first = await jobs.list_page(pool, status=None, after=None, limit=51)
+    await generations.create_many(pool, [generations.Request(1, "cat", 3)] * PENDING)
+    await pool.execute("VACUUM ANALYZE")
+    first = await generations.list_page(pool, status=None, after=None, limit=51)
     return (first[49].created_at, first[49].id)
 
 

@@ -164,6 +164,8 @@ ORDER BY w.started_at, w.id;
 DROP TABLE generations;
 DROP FUNCTION job_queue_rotate(integer, bigint, interval, interval);
 DROP FUNCTION job_cancel(uuid);
+DROP FUNCTION job_wake(text);
+DROP FUNCTION job_enqueue(uuid[], text[], jsonb[], smallint[], integer[], boolean[], timestamptz[]);
 DROP FUNCTION job_events_add(uuid[], integer[], text[], text[], jsonb[]);
 DROP TABLE job_events;
 DROP TABLE finished_jobs;

@@ -154,6 +154,40 @@ BEGIN
 END
 $$;
 
+-- Wakes the workers of `kind` (NOTIFY menagerie_jobs, its name as payload, on commit): jobs of
+-- that kind were enqueued or wait again. Statements call it once per kind they changed.
+CREATE FUNCTION job_wake(kind text) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('menagerie_jobs', kind);
+    RETURN 1;
+END
+$$;
+
+-- Creates jobs, one per array element, in the partition taking new jobs; wakes the workers
+-- of each kind (one NOTIFY per kind, on commit) and records a `created` event for watched ones.
+-- Returns each job's id and created_at. A function, so that a kind's own statement can
+-- enqueue its jobs and write what they are about in one statement.
+CREATE FUNCTION job_enqueue(ids uuid[], kinds text[], args jsonb[], priorities smallint[],
+                            max_attempts integer[], watched boolean[], run_ats timestamptz[])
+RETURNS TABLE (job_id uuid, created_at timestamptz)
+LANGUAGE sql AS $$
+WITH inserted AS (
+    INSERT INTO job_queue (id, part, kind, args, priority, max_attempts, watched, run_at)
+    SELECT j.id, (SELECT current FROM job_queue_rotation), j.kind, j.args, j.priority,
+           j.max_attempts, j.watched, coalesce(j.run_at, now())
+    FROM unnest(ids, kinds, args, priorities, max_attempts, watched, run_ats)
+         AS j (id, kind, args, priority, max_attempts, watched, run_at)
+    RETURNING id, kind, watched, version, created_at
+), woken AS (
+    SELECT sum(job_wake(kind)) AS kinds FROM (SELECT DISTINCT kind FROM inserted) AS k
+), recorded AS (
+    SELECT job_events_add(array_agg(id), array_agg(version), array_agg('created'::text), array_agg('pending'::text))
+    FROM inserted WHERE watched
+)
+SELECT i.id, i.created_at FROM inserted i, woken, recorded
+$$;
+
 -- Ends a waiting or running job as canceled: its record moves to finished_jobs, a running
 -- job's worker is told on menagerie_cancel (it stops the run; anything the run writes
 -- afterwards is refused, since it no longer owns the job). Returns the status it had,
@@ -322,7 +356,7 @@ BEGIN
             OLD.created_at, OLD.version) THEN
         UPDATE job_queue SET run_at = NEW.run_at, priority = NEW.priority, updated_at = clock_timestamp()
         WHERE id = OLD.id AND worker_id IS NULL;
-        PERFORM pg_notify('menagerie_jobs', OLD.kind);
+        PERFORM job_wake(OLD.kind);
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'jobs: this change is not one the queue can make'
@@ -334,7 +368,7 @@ CREATE TRIGGER jobs_view_update INSTEAD OF UPDATE ON jobs
     FOR EACH ROW EXECUTE FUNCTION jobs_view_update();
 
 CREATE VIEW queue_summary AS
-WITH kinds AS (SELECT DISTINCT kind FROM job_queue UNION SELECT DISTINCT kind FROM finished_jobs),
+WITH kinds AS (SELECT kind FROM job_queue UNION SELECT kind FROM finished_jobs UNION SELECT unnest(kinds) FROM workers),
 counts AS (
     SELECT kind, CASE WHEN worker_id IS NULL THEN 'pending' ELSE 'processing' END AS status,
            count(*) AS jobs, min(created_at) AS oldest_created_at,
@@ -355,8 +389,9 @@ LEFT JOIN counts c ON c.kind = k.kind AND c.status = s.status
 ORDER BY k.kind, s.position;
 
 COMMENT ON VIEW queue_summary IS
-    'One row per kind and status, zero jobs included: how many, the oldest, and for pending how '
-    'many are due and how long the head of the queue has waited since it fell due';
+    'One row per kind (every kind with jobs or a worker) and status, zero jobs included: how '
+    'many, the oldest, and for pending how many are due and how long the head of the queue has '
+    'waited since it fell due';
 
 CREATE VIEW stuck_jobs AS
 SELECT id, kind, CASE WHEN worker_id IS NULL THEN 'pending' ELSE 'processing' END AS status,

@@ -2,12 +2,24 @@
 -- what was asked for (generations), the job's status (the view jobs, or job_queue and
 -- finished_jobs directly where an index of theirs serves) and the images stored so far.
 
--- name: generation_insert_many
--- Records what each new generation job asks for; run in the transaction that enqueues the
--- jobs, so created_at is the jobs' own.
--- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[])
-INSERT INTO generations (job_id, animal, num_images)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[]);
+-- name: generation_create_many
+-- Creates generation jobs in one statement: their queue jobs (kind generate, watched; one
+-- NOTIFY) and what each asks for. Returns (job_id, created_at) of each.
+-- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[]), $4 max_attempts (integer[])
+WITH created AS (
+    SELECT job_id, created_at
+    FROM job_enqueue($1::uuid[], array_fill('generate'::text, ARRAY[cardinality($1::uuid[])]),
+                     array_fill(NULL::jsonb, ARRAY[cardinality($1::uuid[])]),
+                     array_fill(0::smallint, ARRAY[cardinality($1::uuid[])]), $4::integer[],
+                     array_fill(true, ARRAY[cardinality($1::uuid[])]),
+                     array_fill(NULL::timestamptz, ARRAY[cardinality($1::uuid[])]))
+), described AS (
+    INSERT INTO generations (job_id, animal, num_images, created_at)
+    SELECT c.job_id, g.animal, g.num_images, c.created_at
+    FROM created c JOIN unnest($1::uuid[], $2::text[], $3::integer[]) AS g (job_id, animal, num_images)
+      ON g.job_id = c.job_id
+)
+SELECT job_id, created_at FROM created;
 
 -- name: generation_get
 -- One generation with its job's status and the indexes of the images stored so far.
@@ -85,3 +97,10 @@ LIMIT $4;
 -- CASCADE) and Idempotency-Key records.
 -- $1 job ids (uuid[])
 DELETE FROM generations WHERE job_id = ANY($1::uuid[]);
+
+-- name: generation_cancel
+-- Cancels a generation's job if it waits or runs (see the job_cancel function): the status
+-- it had, or NULL when the generation is unknown or already finished. Only generations: an id
+-- of another kind of job is unknown here.
+-- $1 job id
+SELECT job_cancel(job_id) FROM generations WHERE job_id = $1;

@@ -4,24 +4,12 @@
 -- (job_events_add, in the same statement) and bump its version.
 
 -- name: job_enqueue
--- Creates jobs, one per array element, in the partition taking new jobs; wakes the workers
--- of each kind (one NOTIFY per kind, on commit) and records a `created` event for watched ones.
+-- Creates jobs, one per array element (see the job_enqueue function: one NOTIFY per kind, a
+-- `created` event for watched ones). Returns (job_id, created_at) of each.
 -- $1 ids (uuid[]), $2 kinds (text[]), $3 args (jsonb[]), $4 priorities (smallint[]),
 -- $5 max_attempts (integer[]), $6 watched (boolean[]), $7 run_at (timestamptz[], NULL: now)
-WITH inserted AS (
-    INSERT INTO job_queue (id, part, kind, args, priority, max_attempts, watched, run_at)
-    SELECT j.id, (SELECT current FROM job_queue_rotation), j.kind, j.args, j.priority,
-           j.max_attempts, j.watched, coalesce(j.run_at, now())
-    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::smallint[], $5::integer[], $6::boolean[],
-                $7::timestamptz[]) AS j (id, kind, args, priority, max_attempts, watched, run_at)
-    RETURNING id, kind, watched, version, created_at
-), woken AS (
-    SELECT count(pg_notify('menagerie_jobs', kind)) AS kinds FROM (SELECT DISTINCT kind FROM inserted) AS k
-), recorded AS (
-    SELECT job_events_add(array_agg(id), array_agg(version), array_agg('created'::text), array_agg('pending'::text))
-    FROM inserted WHERE watched
-)
-SELECT i.id, i.created_at FROM inserted i, woken, recorded;
+SELECT job_id, created_at
+FROM job_enqueue($1::uuid[], $2::text[], $3::jsonb[], $4::smallint[], $5::integer[], $6::boolean[], $7::timestamptz[]);
 
 -- name: job_claim
 -- Claims due jobs for worker $1, oldest first within each kind's priority: up to $3[i] of kind
@@ -138,7 +126,7 @@ WITH retried AS (
     )) AND q.id = d.id
     RETURNING q.id, q.kind, q.watched, q.version, q.error, q.run_at
 ), woken AS (
-    SELECT count(pg_notify('menagerie_jobs', kind)) AS kinds FROM (SELECT DISTINCT kind FROM retried) AS k
+    SELECT sum(job_wake(kind)) AS kinds FROM (SELECT DISTINCT kind FROM retried) AS k
 ), recorded AS (
     SELECT job_events_add(array_agg(id), array_agg(version), array_agg('retrying'::text), array_agg('pending'::text),
                           array_agg(jsonb_build_object('error', error, 'runAt', run_at)))
@@ -166,7 +154,7 @@ WITH handed AS (
     ))
     RETURNING q.id, q.kind, q.watched, q.version
 ), woken AS (
-    SELECT count(pg_notify('menagerie_jobs', kind)) AS kinds FROM (SELECT DISTINCT kind FROM handed) AS k
+    SELECT sum(job_wake(kind)) AS kinds FROM (SELECT DISTINCT kind FROM handed) AS k
 ), recorded AS (
     SELECT job_events_add(array_agg(id), array_agg(version), array_agg('requeued'::text), array_agg('pending'::text))
     FROM handed WHERE watched
@@ -231,7 +219,7 @@ WITH lapsed AS (
     UNION ALL
     SELECT id, kind, watched, version + 1, 'failed', 'failed', reason, worker_id FROM failed
 ), woken AS (
-    SELECT count(pg_notify('menagerie_jobs', kind)) AS kinds FROM (SELECT DISTINCT kind FROM requeued) AS k
+    SELECT sum(job_wake(kind)) AS kinds FROM (SELECT DISTINCT kind FROM requeued) AS k
 ), recorded AS (
     SELECT job_events_add(array_agg(id), array_agg(version), array_agg(event), array_agg(status),
                           array_agg(jsonb_build_object('error', reason)))

@@ -31,7 +31,7 @@ from app.queue.kinds import Kind
 from app.queue.maintenance import Maintenance, queue_rounds
 from app.queue.worker import Timing, Worker
 from app.settings import Settings
-from tests.support import TEST_TIMING, test_kind, api_client
+from tests.support import TEST_TIMING, make_kind, api_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitab
     """Start in-process workers as a worker process runs them: the worker loop, with its own
     pool and LISTEN connection (listening before this returns), beside the queue's
     maintenance loop. All are stopped (grace skipped) and awaited when the test ends. Give it
-    kinds, or one handler for jobs of the test kind (see tests.support.test_kind); `url` for
+    kinds, or one handler for jobs of the test kind (see tests.support.make_kind); `url` for
     another database than the test's own."""
     started: list[tuple[Worker, asyncio.Task[None], asyncio.Task[None], asyncpg.Pool]] = []
 
@@ -135,7 +135,7 @@ async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitab
         timeout: float = 300,
         url: str | None = None,
     ) -> Worker:
-        built = [kind if isinstance(kind, Kind) else test_kind(kind, slots=concurrency, timeout=timeout) for kind in kinds]
+        built = [kind if isinstance(kind, Kind) else make_kind(kind, slots=concurrency, timeout=timeout) for kind in kinds]
         url = url or database_url
         pool = await asyncpg.create_pool(url, min_size=1, max_size=sum(kind.slots for kind in built) + 4)
         worker = Worker(pool=pool, listen_url=url, kinds=built, timing=timing)

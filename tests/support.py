@@ -29,9 +29,11 @@ TEST_BACKOFF = Exponential(base=0.2, cap=0.4)
 """Quick retries."""
 
 
-def test_kind(handler, *, slots: int = 4, timeout: float = 300, backoff=TEST_BACKOFF) -> Kind:
-    """A kind named `test` running `handler`."""
-    return Kind(TEST_KIND, handler, slots=slots, timeout=timeout, backoff=backoff)
+def make_kind(
+    handler, *, name: str = TEST_KIND, slots: int = 4, timeout: float = 300, backoff=TEST_BACKOFF
+) -> Kind:
+    """A kind named `name` (`test`) running `handler`, with quick retries."""
+    return Kind(name, handler, slots=slots, timeout=timeout, backoff=backoff)
 
 
 TERMINAL = {"completed", "failed", "canceled"}
@@ -66,12 +68,32 @@ async def insert_jobs(
 async def insert_generations(
     pool: asyncpg.Pool, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
 ) -> list[UUID]:
-    """Create `count` pending generation jobs in one transaction (one NOTIFY); their ids."""
-    async with pool.acquire() as conn, conn.transaction():
-        created = await generations.create_many(
-            conn, [generations.Request(num_images, animal, max_attempts)] * count
-        )
+    """Create `count` pending generation jobs in one statement (one NOTIFY); their ids."""
+    created = await generations.create_many(pool, [generations.Request(num_images, animal, max_attempts)] * count)
     return [job.id for job in created]
+
+
+async def set_status(pool: asyncpg.Pool, job_ids: list[UUID], status: str, *, error: str | None = None) -> None:
+    """Move waiting jobs straight to `status` in the database, as if a worker had got that far:
+    `processing` (claimed by worker `w-test`), or a finished status (completed, failed,
+    canceled) with its record in finished_jobs."""
+    if status == "processing":
+        await pool.execute(
+            "UPDATE job_queue SET worker_id = 'w-test', attempts = attempts + 1, started_at = now(), "
+            "lease_expires_at = now() + interval '1 hour' WHERE id = ANY($1::uuid[])",
+            job_ids,
+        )
+        return
+    await pool.execute(
+        "WITH gone AS (DELETE FROM job_queue WHERE id = ANY($1::uuid[]) RETURNING *) "
+        "INSERT INTO finished_jobs (id, kind, status, priority, args, attempts, max_attempts, worker_id, "
+        "                           error, created_at, started_at, finished_at, version) "
+        "SELECT id, kind, $2, priority, args, greatest(attempts, 1), max_attempts, worker_id, $3, "
+        "       created_at, coalesce(started_at, now()), now(), version + 1 FROM gone",
+        job_ids,
+        status,
+        error,
+    )
 
 
 def free_port() -> int:

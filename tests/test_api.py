@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from app.settings import Settings
-from tests.support import api_client
+from tests import support
+from tests.support import api_client, insert_generations
 
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
@@ -123,12 +124,7 @@ def insert_jobs(pool: asyncpg.Pool) -> InsertJobs:
     """`await insert_jobs(n)` inserts n pending jobs in one statement (one shared created_at)."""
 
     async def insert(count: int) -> list[str]:
-        rows = await pool.fetch(
-            "INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, $1)"
-            " RETURNING id",
-            count,
-        )
-        return [str(row["id"]) for row in rows]
+        return [str(job_id) for job_id in await insert_generations(pool, count)]
 
     return insert
 
@@ -138,11 +134,7 @@ def set_status(pool: asyncpg.Pool) -> SetStatus:
     """`await set_status(ids, status)` moves jobs to a status directly in the database."""
 
     async def update(job_ids: list[str], status: str) -> None:
-        await pool.execute(
-            "UPDATE jobs SET status = $2, finished_at = now() WHERE id = ANY($1::uuid[])",
-            [UUID(job_id) for job_id in job_ids],
-            status,
-        )
+        await support.set_status(pool, [UUID(job_id) for job_id in job_ids], status)
 
     return update
 
@@ -254,10 +246,13 @@ async def test_create_keeps_the_animal_the_client_named(create_job: CreateJob) -
 async def test_create_writes_the_row_it_answers_with(
     pool: asyncpg.Pool, create_job: CreateJob
 ) -> None:
-    """The job POST /generations answers with is the row it wrote to `jobs`."""
+    """The job POST /generations answers with is what it wrote: its job and its generation."""
     job = await create_job(numImages=4)
 
-    row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", UUID(job["jobId"]))
+    row = await pool.fetchrow(
+        "SELECT j.*, g.num_images, g.animal FROM jobs j JOIN generations g ON g.job_id = j.id WHERE j.id = $1",
+        UUID(job["jobId"]),
+    )
     assert row is not None
     assert (row["status"], row["num_images"], row["animal"]) == ("pending", 4, job["animal"])
     assert row["created_at"] == parse_timestamp(job["createdAt"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -13,12 +14,12 @@ import asyncpg
 import httpx
 import pytest
 
-from app import generation
 from app.api import Backlog
-from app.providers.local import LocalProvider
+from app.images import generate
+from app.images.providers.local import LocalProvider
+from app.queue.worker import Timing, Worker
 from app.settings import Settings
-from app.worker import Timing, Worker
-from tests.support import api_client, wait_for_earlier_notifications
+from tests.support import api_client, insert_generations, insert_jobs, wait_for_earlier_notifications
 
 
 async def job_count(pool: asyncpg.Pool) -> int:
@@ -87,12 +88,12 @@ async def test_an_empty_or_overlong_key_is_a_bad_request(client, pool, key):
 @pytest.fixture
 async def worker(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[Worker]:
     """An in-process worker whose images take 0.25 s each."""
+    kind = generate.kind(pool, LocalProvider(delay=0.25, size=64))
     running = Worker(
         pool=pool,
         listen_url=database_url,
-        handler=generation.handler(pool, LocalProvider(delay=0.25, size=64)),
-        concurrency=2,
-        timing=Timing(poll_interval=3600),
+        kinds=[replace(kind, slots=2)],
+        timing=Timing(poll_interval=3600, lease_seconds=30, shutdown_grace=0),
     )
     task = asyncio.create_task(running.run())
     await asyncio.wait_for(running.listener.connected.wait(), 10)
@@ -175,17 +176,26 @@ async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_belo
     assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
 
 
+async def test_a_backlog_of_another_kind_never_refuses_a_generation(small_queue_client, pool):
+    """MAX_PENDING_JOBS counts waiting generations only: thousands of waiting jobs of another
+    kind (webhook deliveries, say) leave POST /generations accepting work."""
+    await insert_jobs(pool, 2_000, kind="other")
+    await asyncio.sleep(1.1)  # the pending count is re-read at most once a second
+    for _ in range(3):
+        assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
+
+
 async def transactions_for(
     settings: Settings, pool: asyncpg.Pool, requests: int, **update: Any
 ) -> list[int]:
     """POST `requests` jobs at once to an app with `update` applied to its settings; return
     how many jobs each transaction that wrote them wrote."""
-    await pool.execute("TRUNCATE jobs CASCADE")
+    await pool.execute("TRUNCATE job_queue, finished_jobs, generations CASCADE")
     async with api_client(settings.model_copy(update=update)) as http:
         answers = await asyncio.gather(*(post(http, {"numImages": 1}) for _ in range(requests)))
     assert [answer.status_code for answer in answers] == [202] * requests
     assert await job_count(pool) == requests
-    groups = await pool.fetch("SELECT count(*) AS jobs FROM jobs GROUP BY xmin::text")
+    groups = await pool.fetch("SELECT count(*) AS jobs FROM job_queue GROUP BY xmin::text")
     return [row["jobs"] for row in groups]
 
 
@@ -222,7 +232,7 @@ class CountingPool:
 async def test_requests_that_find_the_pending_count_stale_share_one_read(pool):
     """Fifty requests arriving while the pending count is stale send one count to PostgreSQL,
     not fifty (a burst of POSTs once a second was a burst of counts), and all get its answer."""
-    await pool.execute("INSERT INTO jobs (num_images, animal) SELECT 1, 'cat' FROM generate_series(1, 5)")
+    await insert_generations(pool, 5)
     counting = CountingPool(pool)
     backlog = Backlog(5)
     answers = await asyncio.gather(*(backlog.full(counting) for _ in range(50)))

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import migrate
-from tests.support import free_port, insert_jobs, wait_for, wait_ready, wait_until_terminal
+from tests.support import free_port, insert_generations, insert_jobs, wait_for, wait_ready, wait_until_terminal
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -70,10 +70,18 @@ def fast_settings(database_url: str, **extra: str) -> dict[str, str]:
         "SHUTDOWN_GRACE": "2",
         "RETRY_BASE_DELAY": "0.05",
         "RETRY_MAX_DELAY": "0.2",
+        "CHORE_BACKOFF": "50ms..200ms",
         "WORKER_POLL_INTERVAL": "3600",
         "WORKER_CONCURRENCY": "4",
         **extra,
     }
+
+
+async def new_work(db: asyncpg.Pool, *, generations: int, chores: int, num_images: int = 1, max_attempts: int = 3) -> list:
+    """Jobs of both kinds the fault worker runs: generations, and chores (which sleep
+    FAULT_CHORE_SECONDS); their ids."""
+    made = await insert_generations(db, generations, num_images=num_images, max_attempts=max_attempts)
+    return made + await insert_jobs(db, chores, kind="chore", max_attempts=max_attempts)
 
 
 async def count(db: asyncpg.Pool, where: str = "true") -> int:
@@ -82,7 +90,8 @@ async def count(db: asyncpg.Pool, where: str = "true") -> int:
 
 async def worker_metrics(port: int) -> dict[str, float]:
     """A worker's metrics from WORKER_METRICS_PORT, as {"jobs_total:claimed": 1.0,
-    "listener_reconnects_total": 0.0, ...} (menagerie_worker_ left off); {} until it serves."""
+    "listener_reconnects_total": 0.0, ...} (menagerie_worker_ left off, kinds added up); {}
+    until it serves."""
     try:
         async with httpx.AsyncClient(timeout=2) as http:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
@@ -93,7 +102,8 @@ async def worker_metrics(port: int) -> dict[str, float]:
         for sample in family.samples:
             name = sample.name.removeprefix("menagerie_worker_")
             label = sample.labels.get("event")
-            values[f"{name}:{label}" if label else name] = sample.value
+            key = f"{name}:{label}" if label else name
+            values[key] = values.get(key, 0.0) + sample.value
     return values
 
 
@@ -103,11 +113,14 @@ async def all_finished(db: asyncpg.Pool, total: int) -> bool:
 
 async def assert_every_job_completed_with_its_images(db: asyncpg.Pool, total: int) -> None:
     rows = await db.fetch(
-        "SELECT j.id, j.status, j.num_images, j.attempts, count(DISTINCT i.sha256) AS distinct_images, "
-        "       count(i.idx) AS images, (SELECT count(*) FROM handler_runs r WHERE r.job_id = j.id) AS runs "
-        "FROM jobs j LEFT JOIN images i ON i.job_id = j.id GROUP BY j.id"
+        "SELECT j.id, j.kind, j.status, coalesce(g.num_images, 0) AS num_images, j.attempts, "
+        "       count(DISTINCT i.sha256) AS distinct_images, count(i.idx) AS images, "
+        "       (SELECT count(*) FROM handler_runs r WHERE r.job_id = j.id) AS runs "
+        "FROM jobs j LEFT JOIN generations g ON g.job_id = j.id LEFT JOIN images i ON i.job_id = j.id "
+        "GROUP BY j.id, j.kind, j.status, g.num_images, j.attempts"
     )
     assert len(rows) == total
+    assert {row["kind"] for row in rows} == {"generate", "chore"}, "two kinds in flight"
     await assert_no_attempt_ran_twice(db)
     for row in rows:
         assert row["status"] == "completed", dict(row)
@@ -118,17 +131,18 @@ async def assert_every_job_completed_with_its_images(db: asyncpg.Pool, total: in
 
 
 async def test_sigkill_one_of_two_workers_loses_nothing(database_url, db, spawn: Spawn):
-    """SIGKILL one of two workers while 20 jobs run: its jobs are reclaimed once their leases
-    lapse and finish on the other; every job completes with exactly numImages images."""
+    """SIGKILL one of two workers while 20 generations and 10 chores run: its jobs are
+    reclaimed once their leases lapse and finish on the other; every job completes, each
+    generation with exactly numImages images."""
     env = fast_settings(database_url)
     doomed = spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, 20, num_images=3)
+    await new_work(db, generations=20, chores=10, num_images=3)
     await wait_for(lambda: _running_on(db, doomed.pid), timeout=15)
     survivor = spawn("tests/fault_worker.py", env=env)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(5)
-    await wait_for(lambda: all_finished(db, 20), timeout=60, interval=0.1)
-    await assert_every_job_completed_with_its_images(db, 20)
+    await wait_for(lambda: all_finished(db, 30), timeout=60, interval=0.1)
+    await assert_every_job_completed_with_its_images(db, 30)
     reclaimed = await db.fetchval("SELECT count(*) FROM jobs WHERE attempts = 2")
     assert reclaimed >= 1, "the killed worker's jobs should have been reclaimed"
     assert survivor.poll() is None
@@ -142,26 +156,28 @@ async def _running_on(db: asyncpg.Pool, pid: int) -> bool:
 
 
 async def test_four_workers_with_random_failures_follow_the_retry_rules(database_url, db, spawn):
-    """4 workers x 2,000 jobs whose handler fails at random: every job ends completed or
-    failed exactly as the retry rules say, and no attempt's handler ran twice."""
+    """4 workers x 2,000 jobs of two kinds whose handlers fail at random: every job ends
+    completed or failed exactly as the retry rules say, and no attempt's handler ran twice."""
     total = 2000
     env = fast_settings(
         database_url,
         FAULT_HANDLER="dice",
         FAULT_FAIL_RATE="0.3",
         WORKER_CONCURRENCY="16",
+        CHORE_SLOTS="16",
         RETRY_BASE_DELAY="0.01",
         RETRY_MAX_DELAY="0.05",
+        CHORE_BACKOFF="10ms..50ms",
     )
     for _ in range(4):
         spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, total, max_attempts=3)
+    await new_work(db, generations=total // 2, chores=total // 2, max_attempts=3)
     await wait_for(lambda: all_finished(db, total), timeout=120, interval=0.2)
     jobs = await db.fetch(
         "SELECT j.id, j.status, j.attempts, j.error, "
         "       array_agg(r.outcome ORDER BY r.attempt) AS outcomes, "
         "       array_agg(r.attempt ORDER BY r.attempt) AS attempts_run "
-        "FROM jobs j JOIN handler_runs r ON r.job_id = j.id GROUP BY j.id"
+        "FROM jobs j JOIN handler_runs r ON r.job_id = j.id GROUP BY j.id, j.status, j.attempts, j.error"
     )
     assert len(jobs) == total, "every job's handler ran at least once"
     await assert_no_attempt_ran_twice(db)
@@ -177,6 +193,7 @@ async def test_four_workers_with_random_failures_follow_the_retry_rules(database
             assert "dice said" in job["error"]
     statuses = {job["status"] for job in jobs}
     assert statuses == {"completed", "failed"}
+    assert {row["kind"] for row in await db.fetch("SELECT DISTINCT kind FROM jobs")} == {"generate", "chore"}
 
 
 async def test_killing_every_connection_repeatedly_loses_nothing(database_url, db, spawn):
@@ -191,6 +208,7 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
     for metrics_port in metrics_ports:
         spawn("tests/fault_worker.py", env={**env, "WORKER_METRICS_PORT": str(metrics_port)})
     await wait_ready(base, server)
+    chores = await insert_jobs(db, 20, kind="chore")
     statuses: list[int] = []
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         storm = asyncio.create_task(_terminate_connections(db, rounds=12, every=0.4))
@@ -211,8 +229,9 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
         for location in created:
             job = await wait_until_terminal(http, location, timeout=60)
             assert job["status"] == "completed", job
+    await wait_for(lambda: all_finished(db, len(created) + len(chores)), timeout=60, interval=0.1)
     total = await count(db)
-    assert total == len(created), "a job was written though its POST was not answered 202"
+    assert total == len(created) + len(chores), "a job was written though its POST was not answered 202"
     await assert_every_job_completed_with_its_images(db, total)
 
 
@@ -359,7 +378,7 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
         # come after it, is behind it. The next is a third of a lease (20 s) away.
         await wait_for(lambda: _registered(pool, worker.pid), timeout=20, interval=0.05)
         await wait_for(lambda: worker_metrics(port), timeout=20, interval=0.1)
-        job_id = await pool.fetchval("INSERT INTO jobs (num_images, animal) VALUES (2, 'owl') RETURNING id")
+        [job_id] = await insert_generations(pool, 1, num_images=2, animal="owl")
         await wait_for(lambda: pool.fetchval("SELECT status = 'processing' FROM jobs"), timeout=10)
     finally:
         await pool.close()
@@ -392,11 +411,12 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
 
 
 async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, spawn: Spawn):
-    """SIGTERM with jobs in flight: the worker exits 0 within its grace period, leaves no job
-    processing, and another worker finishes them without an attempt being counted."""
-    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1")
+    """SIGTERM with jobs of both kinds in flight: the worker exits 0 within its grace period,
+    leaves no job processing, and another worker finishes them without an attempt being
+    counted."""
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1", FAULT_CHORE_SECONDS="10")
     leaving = spawn("tests/fault_worker.py", env=env)
-    await insert_jobs(db, 4, num_images=20)  # 10 s each on the leaving worker
+    await new_work(db, generations=4, chores=4, num_images=20)  # 10 s each on the leaving worker
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
     started = time.monotonic()
     leaving.send_signal(signal.SIGTERM)
@@ -405,11 +425,13 @@ async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, sp
     # of room for a loaded machine. A worker that waited for its jobs would take about 10 s.
     assert time.monotonic() - started < 1 + 3, "exit within the grace period (plus hand-back)"
     assert await count(db, "status = 'processing'") == 0
-    assert await count(db, "status = 'pending'") == 4
-    spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0"})
-    await wait_for(lambda: all_finished(db, 4), timeout=30, interval=0.1)
-    rows = await db.fetch("SELECT attempts, (SELECT count(*) FROM images WHERE job_id = id) AS n FROM jobs")
-    assert [(row["attempts"], row["n"]) for row in rows] == [(1, 20)] * 4
+    assert await count(db, "status = 'pending'") == 8
+    spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0", "FAULT_CHORE_SECONDS": "0"})
+    await wait_for(lambda: all_finished(db, 8), timeout=30, interval=0.1)
+    rows = await db.fetch(
+        "SELECT kind, attempts, (SELECT count(*) FROM images WHERE job_id = id) AS n FROM jobs ORDER BY kind"
+    )
+    assert [(row["kind"], row["attempts"], row["n"]) for row in rows] == [("chore", 1, 0)] * 4 + [("generate", 1, 20)] * 4
 
 
 async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, spawn: Spawn):
@@ -417,14 +439,16 @@ async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, 
     once: the hand-back NOTIFYs (the safety sweep is an hour away in these settings), and
     the jobs come back uncounted (not reclaimed when a lease lapsed)."""
     # Leases of 30 s: a job whose hand-back failed would wait that long to be reclaimed.
-    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0", LEASE_SECONDS="30")
+    env = fast_settings(
+        database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0", LEASE_SECONDS="30", FAULT_CHORE_SECONDS="10"
+    )
     leaving = spawn("tests/fault_worker.py", env=env)
-    jobs = await insert_jobs(db, 4, num_images=20)  # 10 s each on the leaving worker
-    await wait_for(lambda: _all_processing(db, 4), timeout=15)
-    staying = spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0"})
+    jobs = await new_work(db, generations=4, chores=4, num_images=20)  # 10 s each on the leaving worker
+    await wait_for(lambda: _all_processing(db, 8), timeout=15)
+    staying = spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0", "FAULT_CHORE_SECONDS": "0"})
     # A job only it can take (the leaving worker is full), completed: it is past its start-up
     # look, has had its wake-up, and is idle.
-    [probe] = await insert_jobs(db, 1)
+    [probe] = await insert_generations(db, 1)
     await wait_for(lambda: _status_is(db, probe, "completed"), timeout=15)
     leaving.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(leaving.wait, 10) == 0
@@ -433,7 +457,7 @@ async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, 
     # sweep. 5 s is room for a loaded machine that still tells them apart.
     await wait_for(lambda: _taken_by(db, jobs, staying.pid), timeout=5, interval=0.02)
     assert time.monotonic() - handed_back < 5
-    await wait_for(lambda: all_finished(db, 5), timeout=30, interval=0.1)
+    await wait_for(lambda: all_finished(db, 9), timeout=30, interval=0.1)
     assert await count(db, "attempts <> 1") == 0, "a job was reclaimed, not handed back"
 
 
@@ -481,20 +505,20 @@ async def test_a_second_sigterm_skips_the_grace_period_but_still_hands_jobs_back
 ):
     """A second SIGTERM ends the worker at once instead of after its 30 s grace, and its jobs
     are still handed back to pending."""
-    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30")
+    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="1", SHUTDOWN_GRACE="30", FAULT_CHORE_SECONDS="20")
     leaving = spawn("tests/fault_worker.py", env=env, stderr=subprocess.PIPE)
     log = LogLines(leaving)
-    await insert_jobs(db, 2, num_images=20)  # 20 s each: neither finishes by itself here
-    await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
+    await new_work(db, generations=2, chores=2, num_images=20)  # 20 s each: none finishes by itself here
+    await wait_for(lambda: _all_processing(db, 4), timeout=15)
     leaving.send_signal(signal.SIGTERM)
-    await wait_for(lambda: log.saw("waiting up to 30s for 2 running jobs"))  # in its grace
+    await wait_for(lambda: log.saw("waiting up to 30s for 4 running jobs"))  # in its grace
     started = time.monotonic()
     leaving.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(leaving.wait, 15) == 0
     # Interrupting and handing back take a few round trips; 3 s of room for a loaded machine,
     # against the 30 s grace (or the 20 s jobs) a worker deaf to the second signal would wait.
     assert time.monotonic() - started < 3
-    assert await count(db, "status = 'pending' AND attempts = 0") == 2
+    assert await count(db, "status = 'pending' AND attempts = 0") == 4
 
 
 async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, spawn: Spawn):

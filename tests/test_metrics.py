@@ -8,10 +8,9 @@ import httpx
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import queue
-from app.models import Job
-from app.worker import Timing, Worker
-from tests.support import free_port, wait_for
+from app.queue.kinds import Exponential, Fail, Job, Retry
+from app.queue.worker import Timing, Worker
+from tests.support import free_port, insert_jobs, make_kind, set_status, wait_for
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -23,14 +22,20 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def scripted(job: Job) -> None:
-    """cat completes; dog fails for good; fox fails once, then completes; owl hangs."""
-    if job.animal == "dog":
-        raise queue.JobFailed("dogs are not drawn today")
-    if job.animal == "fox" and job.attempts == 1:
-        raise queue.JobFailed("the fox ran off", retryable=True)
-    if job.animal == "owl":
-        await asyncio.sleep(3600)
+def scripted(pool):
+    """A generation handler: cat completes; dog fails for good; fox fails once, then completes;
+    owl hangs."""
+
+    async def handle(job: Job) -> None:
+        animal = await pool.fetchval("SELECT animal FROM generations WHERE job_id = $1", job.id)
+        if animal == "dog":
+            raise Fail("dogs are not drawn today")
+        if animal == "fox" and job.attempts == 1:
+            raise Retry("the fox ran off")
+        if animal == "owl":
+            await asyncio.sleep(3600)
+
+    return handle
 
 
 async def test_a_scripted_run_shows_exactly_its_counts_on_worker_and_server(client, pool, database_url):
@@ -40,9 +45,8 @@ async def test_a_scripted_run_shows_exactly_its_counts_on_worker_and_server(clie
     worker = Worker(
         pool=pool,
         listen_url=database_url,
-        handler=scripted,
-        concurrency=4,
-        timing=Timing(poll_interval=3600, retry_base=0.05, retry_cap=0.1),
+        kinds=[make_kind(scripted(pool), name="generate", backoff=Exponential(base=0.05, cap=0.1))],
+        timing=Timing(poll_interval=3600, lease_seconds=30, shutdown_grace=0),
     )
     running = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.listener.connected.wait(), 10)
@@ -64,13 +68,15 @@ async def test_a_scripted_run_shows_exactly_its_counts_on_worker_and_server(clie
     await running
 
     values = samples(generate_latest(worker.metrics.registry).decode())
-    jobs = {event: values[("menagerie_worker_jobs_total", (("event", event),))] for event in
+    generate = ("kind", "generate")
+    jobs = {event: values[("menagerie_worker_jobs_total", (("event", event), generate))] for event in
             ("claimed", "completed", "failed", "retried", "canceled", "reclaimed", "handed_back", "lost")}
     assert jobs == {"claimed": 5, "completed": 2, "failed": 1, "retried": 1, "canceled": 1,
                     "reclaimed": 0, "handed_back": 0, "lost": 0}
-    assert values[("menagerie_worker_pickup_seconds_count", ())] == 5
-    assert values[("menagerie_worker_run_seconds_count", ())] == 5
-    assert values[("menagerie_worker_jobs_in_flight", ())] == 0
+    assert values[("menagerie_worker_pickup_seconds_count", (generate,))] == 5
+    assert values[("menagerie_worker_run_seconds_count", (generate,))] == 5
+    assert values[("menagerie_worker_jobs_in_flight", (generate,))] == 0
+    assert values[("menagerie_worker_claim_seconds_count", ())] >= 4
 
     server = samples((await client.get("/metrics")).text)
     assert server[("menagerie_http_requests_total", (("method", "POST"), ("route", "/generations"), ("status", "202")))] == 4
@@ -87,19 +93,23 @@ async def _idle(worker: Worker) -> bool:
 
 
 async def test_the_queue_gauges_show_waiting_work_and_its_age(client, pool):
-    """With jobs pending (one due for a minute, one due now, one not due for an hour though
-    created a day ago) and one processing, the server's gauges show the depth by status and
-    how long the oldest due job has waited since it fell due."""
+    """With generations pending (one due for a minute, one due now, one not due for an hour
+    though created a day ago) and one processing, the server's gauges show the depth by status
+    and how long the oldest due job has waited since it fell due; jobs of other kinds, however
+    many and however old, are not counted."""
     await pool.execute(
-        "INSERT INTO jobs (num_images, animal, run_at, created_at) VALUES "
-        "(1, 'cat', now() - interval '60 seconds', now() - interval '1 hour'), "
-        "(1, 'cat', now(), now()), "
-        "(1, 'cat', now() + interval '1 hour', now() - interval '1 day')"
+        "WITH new (run_at, created_at, running) AS (VALUES "
+        "    (now() - interval '60 seconds', now() - interval '1 hour', false), (now(), now(), false), "
+        "    (now() + interval '1 hour', now() - interval '1 day', false), (now(), now(), true)), "
+        "ids AS (SELECT gen_random_uuid() AS id, * FROM new), "
+        "g AS (INSERT INTO generations (job_id, animal, num_images) SELECT id, 'cat', 1 FROM ids) "
+        "INSERT INTO job_queue (id, kind, run_at, created_at, worker_id, attempts, lease_expires_at, started_at) "
+        "SELECT id, 'generate', run_at, created_at, CASE WHEN running THEN 'w' END, running::int, "
+        "       CASE WHEN running THEN now() + interval '30 seconds' END, CASE WHEN running THEN now() END FROM ids"
     )
-    await pool.execute(
-        "INSERT INTO jobs (num_images, animal, status, worker_id, attempts, lease_expires_at, started_at) "
-        "VALUES (1, 'cat', 'processing', 'w', 1, now() + interval '30 seconds', now())"
-    )
+    others = await insert_jobs(pool, 20, kind="other")
+    await pool.execute("UPDATE job_queue SET run_at = now() - interval '1 day' WHERE kind = 'other'")
+    await set_status(pool, others[:5], "processing")
     server = samples((await client.get("/metrics")).text)
     assert server[("menagerie_queue_jobs", (("status", "pending"),))] == 3
     assert server[("menagerie_queue_jobs", (("status", "processing"),))] == 1
@@ -130,5 +140,5 @@ async def test_a_worker_process_serves_its_metrics_on_its_port(database_url, spa
         await wait_for(serving, timeout=20, interval=0.1)
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     values = samples(text)
-    assert values[("menagerie_worker_jobs_total", (("event", "claimed"),))] == 0
+    assert values[("menagerie_worker_jobs_total", (("event", "claimed"), ("kind", "generate")))] == 0
     assert ("menagerie_worker_listener_reconnects_total", ()) in values

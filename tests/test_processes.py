@@ -78,7 +78,7 @@ async def test_migrate_command_applies_then_reports_up_to_date(empty_database_ur
         tables = {row["tablename"] for row in await conn.fetch("SELECT tablename FROM pg_tables")}
     finally:
         await conn.close()
-    assert {"jobs", "images"} <= tables
+    assert {"job_queue", "finished_jobs", "generations", "images"} <= tables
 
 
 async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ctrl_c(

@@ -11,13 +11,12 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app import queue
-from app.models import Job
-from app.worker import Timing, Worker
-from tests.support import TEST_TIMING, insert_jobs, wait_for
+from app.queue import jobs
+from app.queue.kinds import Exponential, Fail, Job, Retry
+from app.queue.worker import Timing, Worker
+from tests.support import TEST_BACKOFF, insert_generations, insert_jobs, set_status, make_kind, wait_for
 
-
-SHORT_LEASE = Timing(poll_interval=3600, lease_seconds=1.5)
+SHORT_LEASE = Timing(poll_interval=3600, lease_seconds=1.5, shutdown_grace=0)
 """Leases a test can watch lapse and be reclaimed within about a second, yet long enough that
 a live worker keeps its own through the scheduling stalls of a loaded 2-core machine (it
 renews them every third of a lease, 0.5 s: a stall would have to last a whole second)."""
@@ -25,6 +24,12 @@ renews them every third of a lease, 0.5 s: a stall would have to last a whole se
 
 async def new_job(pool: asyncpg.Pool, *, max_attempts: int = 3) -> UUID:
     [job_id] = await insert_jobs(pool, 1, max_attempts=max_attempts)
+    return job_id
+
+
+async def new_generation(pool: asyncpg.Pool) -> UUID:
+    """A job the API knows (the cancel endpoint is about generations)."""
+    [job_id] = await insert_generations(pool, 1)
     return job_id
 
 
@@ -53,9 +58,9 @@ class Script:
         outcome = self.outcomes[min(len(self.runs), len(self.outcomes)) - 1]
         await asyncio.sleep(self.pause)
         if outcome == "transient":
-            raise queue.JobFailed(f"flaky on attempt {job.attempts}", retryable=True)
+            raise Retry(f"flaky on attempt {job.attempts}")
         if outcome == "permanent":
-            raise queue.JobFailed("this will never work")
+            raise Fail("this will never work")
         if outcome == "hang":
             await asyncio.sleep(3600)
 
@@ -70,11 +75,11 @@ async def test_a_transient_failure_is_retried_after_backoff_woken_by_a_timer(poo
     row = await reaches(pool, job_id, "completed")
     assert row["attempts"] == 2 and row["error"] is None
     (_, first), (_, second) = script.runs
-    # The backoff after a first failure is retry_base times a random half to whole; the
+    # The backoff after a first failure is the base delay times a random half to whole; the
     # timer wakes the worker 5 ms after the job falls due, and claiming takes a round trip.
     # 0.5 s on top is room for a loaded machine, and still catches a worker that oversleeps
     # (a whole-second timer, or a job left to the hour-long sweep).
-    assert TEST_TIMING.retry_base * 0.5 <= second - first < TEST_TIMING.retry_base + 0.5
+    assert TEST_BACKOFF.base * 0.5 <= second - first < TEST_BACKOFF.base + 0.5
 
 
 async def test_transient_failures_stop_after_the_last_attempt(pool, start_worker):
@@ -101,7 +106,7 @@ async def test_an_attempt_that_runs_too_long_times_out_as_a_transient_failure(po
     """JOB_TIMEOUT ends a hanging attempt; it is retried like a transient failure, and the job
     fails with a timeout error once out of attempts."""
     script = Script("hang")
-    await start_worker(script, timing=Timing(poll_interval=3600, job_timeout=0.2, retry_base=0.05))
+    await start_worker(make_kind(script, timeout=0.2, backoff=Exponential(base=0.05, cap=0.1)))
     job_id = await new_job(pool, max_attempts=2)
     row = await reaches(pool, job_id, "failed")
     assert row["attempts"] == 2 and len(script.runs) == 2
@@ -117,7 +122,7 @@ async def test_a_timeout_inside_the_handler_is_its_own_failure_not_the_job_timeo
     async def gives_up(job: Job) -> None:
         raise TimeoutError("the provider did not answer")
 
-    await start_worker(gives_up, timing=Timing(poll_interval=3600, job_timeout=30, retry_base=0.01))
+    await start_worker(make_kind(gives_up, timeout=30, backoff=Exponential(base=0.01, cap=0.02)))
     job_id = await new_job(pool, max_attempts=1)
     row = await reaches(pool, job_id, "failed")
     assert "the provider did not answer" in row["error"]
@@ -130,21 +135,21 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing
     """A job whose worker stopped renewing its lease is reclaimed by a live worker (counting
     the attempt) and completed there; the stale owner's late completion changes nothing."""
     job_id = await new_job(pool)
-    [stale] = await queue.claim(pool, worker_id="gone-1-dead", limit=1, lease_seconds=0.3)
+    [stale] = await jobs.claim(pool, worker_id="gone-1-dead", wanted={"test": 1}, lease_seconds=0.3)
     script = Script("ok")
     await start_worker(script, timing=SHORT_LEASE)
     row = await reaches(pool, job_id, "completed")
     assert row["attempts"] == 2 and script.runs[0][0] == 2
-    assert not await queue.complete(pool, job_id=job_id, worker_id="gone-1-dead", attempt=stale.attempts)
+    assert not await jobs.complete_many(pool, worker_id="gone-1-dead", jobs=[(job_id, stale.attempts)])
 
 
 async def test_an_expired_lease_on_the_last_attempt_fails_the_job_naming_the_worker(
     pool, start_worker
 ):
     """A job whose worker stopped renewing its lease on its last allowed attempt is not run
-    again: a live worker's heartbeat marks it failed, with an error naming the dead worker."""
+    again: a live worker's maintenance marks it failed, with an error naming the dead worker."""
     job_id = await new_job(pool, max_attempts=1)
-    await queue.claim(pool, worker_id="gone-2-dead", limit=1, lease_seconds=0.3)
+    await jobs.claim(pool, worker_id="gone-2-dead", wanted={"test": 1}, lease_seconds=0.3)
     script = Script("ok")
     await start_worker(script, timing=SHORT_LEASE)
     row = await reaches(pool, job_id, "failed")
@@ -173,16 +178,17 @@ async def test_a_claim_undone_by_a_crash_and_claimed_again_stops_the_stale_run(p
         return runs == [1]
 
     await wait_for(first_run_started)
-    # What a crash right after the claim leaves behind (the requeue trigger wakes the worker).
+    # What a crash right after the claim leaves behind; the NOTIFY stands for the worker's
+    # look for work once its listener has reconnected.
     await pool.execute(
-        "UPDATE jobs SET status = 'pending', attempts = 0, worker_id = NULL, "
-        "lease_expires_at = NULL, started_at = NULL WHERE id = $1",
+        "UPDATE job_queue SET attempts = 0, worker_id = NULL, lease_expires_at = NULL, started_at = NULL "
+        "WHERE id = $1",
         job_id,
     )
+    await pool.execute("SELECT pg_notify('menagerie_jobs', 'test')")
     done = await reaches(pool, job_id, "completed")
     assert done["attempts"] == 1 and runs == [1, 1]
-    lost = worker.metrics.registry.get_sample_value("menagerie_worker_jobs_total", {"event": "lost"})
-    assert lost == 1
+    assert _counted(worker, "lost") == 1
     assert not worker._running
 
 
@@ -208,7 +214,7 @@ async def test_workers_are_listed_while_alive_and_removed_when_stopped_or_dead(
     pool, start_worker
 ):
     """A running worker has a row (host, pid, heartbeat); a worker unseen for three leases is
-    deleted by the others' heartbeat; a worker that stops deletes its own row."""
+    deleted by the others' maintenance; a worker that stops deletes its own row."""
     await pool.execute(
         "INSERT INTO workers (id, host, pid, concurrency, last_seen_at) "
         "VALUES ('ghost-1-beef', 'elsewhere', 1, 4, now() - interval '1 hour')"
@@ -227,15 +233,15 @@ async def _worker_ids(pool: asyncpg.Pool, expected: set[str]) -> bool:
 
 async def test_a_job_canceled_while_pending_is_never_run(client, pool, start_worker):
     """Canceling a pending job answers 200 `canceled` at once, and no worker ever runs it."""
-    job_id = await new_job(pool)
+    job_id = await new_generation(pool)
     response = await client.post(f"/generations/{job_id}/cancel")
     assert response.status_code == 200
     assert response.json()["status"] == "canceled" and response.json()["finishedAt"]
     script = Script("ok")
-    await start_worker(script)
+    await start_worker(make_kind(script, name="generate"))
     # A job queued after it, completed: the worker has looked at the queue since (at start
     # and on this job's NOTIFY) and passed the canceled job over.
-    later = await new_job(pool)
+    later = await new_generation(pool)
     await reaches(pool, later, "completed")
     assert [attempt for attempt, _ in script.runs] == [1]
     assert (await job_row(pool, job_id))["status"] == "canceled"
@@ -245,8 +251,8 @@ async def test_a_processing_job_canceled_stops_on_its_worker(client, pool, start
     """Canceling a processing job stops its handler through the cancel NOTIFY (counted as
     canceled, not lost), and the job stays canceled."""
     script = Script("hang")
-    worker = await start_worker(script, concurrency=1)
-    job_id = await new_job(pool)
+    worker = await start_worker(make_kind(script, name="generate", slots=1))
+    job_id = await new_generation(pool)
     await wait_for(lambda: _status_is(pool, job_id, "processing"))
     response = await client.post(f"/generations/{job_id}/cancel")
     assert response.json()["status"] == "canceled"
@@ -263,14 +269,15 @@ async def _idle(worker: Worker) -> bool:
 
 def _counted(worker: Worker, event: str) -> float | None:
     """The worker's menagerie_worker_jobs_total for `event`."""
-    return worker.metrics.registry.get_sample_value("menagerie_worker_jobs_total", {"event": event})
+    kind = worker.kinds[0]
+    return worker.metrics.registry.get_sample_value("menagerie_worker_jobs_total", {"event": event, "kind": kind})
 
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
 async def test_canceling_a_finished_job_is_a_conflict(client, pool, status):
     """Canceling a completed or failed job answers 409 problem+json and changes nothing."""
-    job_id = await new_job(pool)
-    await pool.execute("UPDATE jobs SET status = $2 WHERE id = $1", job_id, status)
+    job_id = await new_generation(pool)
+    await set_status(pool, [job_id], status)
     response = await client.post(f"/generations/{job_id}/cancel")
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
@@ -280,12 +287,15 @@ async def test_canceling_a_finished_job_is_a_conflict(client, pool, status):
 
 async def test_canceling_twice_is_harmless_and_unknown_jobs_are_404(client, pool):
     """A repeated cancel answers 200 with the same canceled job; an unknown or malformed id
-    answers 404."""
-    job_id = await new_job(pool)
+    answers 404; so does a job that is not a generation (the API cancels generations only),
+    which keeps running."""
+    job_id = await new_generation(pool)
     first = await client.post(f"/generations/{job_id}/cancel")
     second = await client.post(f"/generations/{job_id}/cancel")
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
-    for unknown in ("00000000-0000-0000-0000-000000000000", "nope"):
+    other = await new_job(pool)
+    for unknown in ("00000000-0000-0000-0000-000000000000", "nope", str(other)):
         response = await client.post(f"/generations/{unknown}/cancel")
         assert response.status_code == 404
+    assert (await job_row(pool, other))["status"] == "pending"

@@ -9,8 +9,8 @@ import struct
 import pytest
 from PIL import Image, ImageChops
 
-from app.animals import ANIMALS
-from app.providers.render import DRAWERS, render_png
+from app.images.animals import ANIMALS
+from app.images.providers.render import DRAWERS, render_png
 
 SEED = bytes.fromhex("5f0c1b9e2a7d4c3e8f6a1b2c3d4e5f60")
 

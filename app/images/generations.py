@@ -66,24 +66,18 @@ class Request:
     max_attempts: int
 
 
-async def create_many(conn: asyncpg.Connection, requests: Sequence[Request]) -> list[Generation]:
-    """Create generation jobs (one INSERT each into the queue and into generations, one
-    NOTIFY on commit); in the order of `requests`. Call it in a transaction: both statements
-    must commit together."""
+async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Generation]:
+    """Create generation jobs in one statement (their queue jobs, one NOTIFY, what each asks
+    for); in the order of `requests`."""
     ids = [uuid.uuid4() for _ in requests]
-    created = await queue.enqueue(
-        conn,
-        [
-            queue.NewJob(KIND, id=job_id, max_attempts=request.max_attempts, watched=True)
-            for job_id, request in zip(ids, requests, strict=True)
-        ],
-    )
-    await conn.execute(
-        queries.generation_insert_many,
+    rows = await conn.fetch(
+        queries.generation_create_many,
         ids,
         [request.animal for request in requests],
         [request.num_images for request in requests],
+        [request.max_attempts for request in requests],
     )
+    created = {row[0]: row[1] for row in rows}
     return [
         Generation(
             id=job_id,
@@ -102,12 +96,11 @@ async def create_many(conn: asyncpg.Connection, requests: Sequence[Request]) -> 
 
 
 def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, Generation]:
-    """Creates jobs for concurrent requests together (see app/batching.py): one transaction,
+    """Creates jobs for concurrent requests together (see app/batching.py): one statement,
     one commit and one NOTIFY for all the requests that arrive while the previous one runs."""
 
     async def write(batch: list[Request]) -> list[Generation]:
-        async with pool.acquire() as conn, conn.transaction():
-            return await create_many(conn, batch)
+        return await create_many(pool, batch)
 
     return Batcher(write, max_batch=max_batch)
 
@@ -119,7 +112,7 @@ async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
 
 async def cancel(conn: Connection, *, job_id: UUID) -> bool:
     """Cancel the job if it is pending or processing; False when unknown or already finished."""
-    return await queue.cancel(conn, job_id=job_id) is not None
+    return await conn.fetchval(queries.generation_cancel, job_id) is not None
 
 
 async def pending_count(conn: Connection, *, cap: int) -> int:
