@@ -9,10 +9,15 @@
   removing any dead row. The claim reads job_queue's partitions; the maintenance loop
   truncates them (rotation), so the dead rows cannot pile up under it.
 
+* ``wake``: what this machine charges for waking an idle PostgreSQL backend: ``SELECT 1``
+  round trips back to back, and after 200 ms of quiet (the gap between jobs of the idle pickup
+  measure). Every queue's idle pickup pays it at least once.
+
 Usage::
 
     python bench/queue_load.py --measure mixed [--quick]
-    python bench/queue_load.py --measure snapshot [--quick]
+    python bench/queue_load.py --measure snapshot [--quick] [--rotation off]
+    python bench/queue_load.py --measure wake
 
 Prints one JSON line with the figures. Latency is client clock, same machine: from right after
 the enqueue committed to the handler's first line. Claim time is the worker's own timing of
@@ -44,7 +49,7 @@ FAST, SLOW = "fast", "slow"
 # The worker process
 
 
-async def worker_main(dsn: str, slow_seconds: float) -> None:
+async def worker_main(dsn: str, slow_seconds: float, rotation: bool) -> None:
     """A real worker (worker loop and maintenance loop, as worker.py runs them) for a fast and
     a slow kind; prints {"event": "ready"}, then at EOF on stdin stops and prints its records."""
     import logging
@@ -52,7 +57,7 @@ async def worker_main(dsn: str, slow_seconds: float) -> None:
     from app import db
     from app.queue import jobs as queue
     from app.queue.kinds import Kind
-    from app.queue.maintenance import Maintenance, queue_rounds
+    from app.queue.maintenance import Maintenance, Rotation, queue_rounds
     from app.queue.worker import Timing, Worker
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -83,7 +88,14 @@ async def worker_main(dsn: str, slow_seconds: float) -> None:
         timing=Timing(poll_interval=30, lease_seconds=30, shutdown_grace=0),
     )
     maintenance = Maintenance(
-        queue_rounds(pool, lease_seconds=30, retention_days=0, retention_batch=500, forget={FAST: None, SLOW: None})
+        queue_rounds(
+            pool,
+            lease_seconds=30,
+            retention_days=0,
+            retention_batch=500,
+            forget={FAST: None, SLOW: None},
+            rotation=Rotation() if rotation else Rotation(min_dead=2**62),
+        )
     )
     maintaining = asyncio.create_task(maintenance.run())
     running = asyncio.create_task(worker.run())
@@ -141,9 +153,29 @@ def latencies(committed: dict[int, float], starts: dict[int, float]) -> dict[str
     }
 
 
-async def measure(name: str, *, quick: bool, dsn_admin: str) -> dict[str, Any]:
+async def wake(dsn_admin: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn_admin)
+    try:
+        figures = {}
+        for label, quiet in (("back_to_back", 0.0), ("after_200ms_idle", 0.2)):
+            times = []
+            for _ in range(50):
+                if quiet:
+                    await asyncio.sleep(quiet)
+                began = time.perf_counter()
+                await conn.fetchval("SELECT 1")
+                times.append((time.perf_counter() - began) * 1000)
+            figures[f"select1_{label}_p50_ms"] = round(statistics.median(times), 3)
+        return figures
+    finally:
+        await conn.close()
+
+
+async def measure(name: str, *, quick: bool, dsn_admin: str, rotation: bool = True) -> dict[str, Any]:
     from app import migrate
 
+    if name == "wake":
+        return await wake(dsn_admin)
     async with fresh_database(dsn_admin, "load") as dsn:
         await asyncio.to_thread(migrate.apply, dsn)
         worker = await asyncio.create_subprocess_exec(
@@ -152,6 +184,8 @@ async def measure(name: str, *, quick: bool, dsn_admin: str) -> dict[str, Any]:
             "--worker",
             "--dsn",
             dsn,
+            "--rotation",
+            "on" if rotation else "off",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=256 * 1024 * 1024,
@@ -165,7 +199,7 @@ async def measure(name: str, *, quick: bool, dsn_admin: str) -> dict[str, Any]:
         phases: dict[str, tuple[float, float, dict[int, float]]] = {}
         try:
             if name == "mixed":
-                seconds = 5.0 if quick else 20.0
+                seconds = 2.0 if quick else 20.0
                 began = time.time()
                 alone = await paced(pool, rate=300, seconds=seconds, first_seq=0, slow_every=None)
                 phases["fast alone"] = (began, time.time(), alone)
@@ -173,7 +207,7 @@ async def measure(name: str, *, quick: bool, dsn_admin: str) -> dict[str, Any]:
                 mixed = await paced(pool, rate=300, seconds=seconds, first_seq=10**7, slow_every=9)
                 phases["fast beside a slow backlog"] = (began, time.time(), mixed)
             else:
-                seconds = 20.0 if quick else 180.0
+                seconds = 4.0 if quick else 180.0
                 began = time.time()
                 clean = await paced(pool, rate=100, seconds=seconds, first_seq=0, slow_every=None)
                 phases["clean"] = (began, time.time(), clean)
@@ -208,7 +242,8 @@ async def measure(name: str, *, quick: bool, dsn_admin: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--measure", choices=("mixed", "snapshot"))
+    parser.add_argument("--measure", choices=("mixed", "snapshot", "wake"))
+    parser.add_argument("--rotation", choices=("on", "off"), default="on", help="the queue's partition rotation")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -217,10 +252,11 @@ def main() -> None:
     import uvloop
 
     if args.worker:
-        uvloop.run(worker_main(args.dsn, slow_seconds=1.0))
+        uvloop.run(worker_main(args.dsn, slow_seconds=1.0, rotation=args.rotation == "on"))
         return
-    figures = uvloop.run(measure(args.measure, quick=args.quick, dsn_admin=args.dsn_admin))
-    print(json.dumps({"measure": args.measure, "quick": args.quick, "figures": figures}))
+    rotation = args.rotation == "on"
+    figures = uvloop.run(measure(args.measure, quick=args.quick, dsn_admin=args.dsn_admin, rotation=rotation))
+    print(json.dumps({"measure": args.measure, "quick": args.quick, "rotation": args.rotation, "figures": figures}))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,33 @@ def collect(
         results[f"{key}/menagerie"] = summarise(figures)
         raw[f"{key}/menagerie"] = {"runs": figures}
         print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
+    variants = {
+        "drain-async": ["--set", "handler=async"],
+        "drain-watched": ["--set", "watched=true"],
+    }
+    for key, args in variants.items():
+        if "menagerie" not in peers:
+            continue
+        figures = [
+            run_json([str(BENCH / "peers.py"), "--peer", "menagerie", "--measure", "drain", *args, *flag])["figures"]
+            for _ in range(runs)
+        ]
+        results[f"{key}/menagerie"] = summarise(figures)
+        raw[f"{key}/menagerie"] = {"runs": figures}
+        print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
+    loads = {
+        "wake": ["--measure", "wake"],
+        "mixed": ["--measure", "mixed"],
+        "snapshot": ["--measure", "snapshot"],
+        "snapshot-unrotated": ["--measure", "snapshot", "--rotation", "off"],
+    }
+    for key, args in loads.items():
+        if "menagerie" not in peers or (quick and key == "snapshot-unrotated"):
+            continue
+        figures = run_json([str(BENCH / "queue_load.py"), *args, *flag])["figures"]
+        results[f"{key}/menagerie"] = summarise([figures])
+        raw[f"{key}/menagerie"] = {"runs": [figures]}
+        print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
     scale = run_json([str(BENCH / "scale.py"), *flag])
     results["scale/menagerie"] = summarise([scale["figures"]])
     results["scale_rows"] = scale["finished_jobs"]
@@ -167,6 +194,45 @@ def table(results: dict[str, Any]) -> str:
             f"{cell(results, f'{measure}/procrastinate', figure, 2)} | "
             f"{cell(results, f'{measure}/bare', figure, 2)} | {ratio(ours, theirs)} | {verdict} |"
         )
+    drain = value(results, "drain/menagerie", "workers_1.jobs_per_s")
+    lines += [
+        "",
+        "| menagerie's drain, 1 process, other handlers | jobs/s | ÷ plain-function no-op |",
+        "|---|---|---|",
+        f"| async no-op handler (a task per job) | {cell(results, 'drain-async/menagerie', 'workers_1.jobs_per_s')} | "
+        f"{ratio(value(results, 'drain-async/menagerie', 'workers_1.jobs_per_s'), drain)} |",
+        f"| watched jobs (each change recorded in job_events, as generations are) | "
+        f"{cell(results, 'drain-watched/menagerie', 'workers_1.jobs_per_s')} | "
+        f"{ratio(value(results, 'drain-watched/menagerie', 'workers_1.jobs_per_s'), drain)} |",
+        "",
+        "| one worker, two kinds (fast: 300/s, 16 slots; slow: 1 s each, 2 slots) | fast kind alone | beside the slow kind's backlog | target |",
+        "|---|---|---|---|",
+    ]
+    for figure in ("p50_ms", "p99_ms"):
+        alone = value(results, "mixed/menagerie", f"fast alone.{figure}")
+        mixed = value(results, "mixed/menagerie", f"fast beside a slow backlog.{figure}")
+        lines.append(
+            f"| fast kind's pickup {figure.removesuffix('_ms')}, ms | {alone} | {mixed} | unchanged: {ratio(mixed, alone)} |"
+        )
+    lines += [
+        f"| slow kind's backlog at the end, jobs | – | {value(results, 'mixed/menagerie', 'slow backlog at the end')} | – |",
+        "",
+        "| 100 jobs/s, then 100 jobs/s while a transaction stays open | clean claim p50, ms | held claim p50, ms | held ÷ clean | target |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("snapshot", "rotation on (as shipped)"), ("snapshot-unrotated", "rotation off")):
+        clean = value(results, f"{key}/menagerie", "clean.claim_p50_ms")
+        held = value(results, f"{key}/menagerie", "old snapshot held.claim_p50_ms")
+        within = clean is not None and held is not None and held <= 1.5 * clean
+        target = f"≤ 1.5×: {'met' if within else 'NOT met'}" if key == "snapshot" else "–"
+        lines.append(f"| {label} | {clean} | {held} | {ratio(held, clean)} | {target} |")
+    lines += [
+        "",
+        "| this machine: waking an idle PostgreSQL backend | SELECT 1, ms |",
+        "|---|---|",
+        f"| back to back, p50 | {value(results, 'wake/menagerie', 'select1_back_to_back_p50_ms')} |",
+        f"| after 200 ms of quiet (the idle pickup's gap), p50 | {value(results, 'wake/menagerie', 'select1_after_200ms_idle_p50_ms')} |",
+    ]
     enqueue = value(results, "enqueue-rate/pgqueuer", "jobs_per_s")
     post = value(results, "http-post/menagerie", "requests_per_s")
     post_p99 = value(results, "http-post/menagerie", "p99_ms")

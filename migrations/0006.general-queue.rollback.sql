@@ -162,7 +162,7 @@ GROUP BY w.id
 ORDER BY w.started_at, w.id;
 
 DROP TABLE generations;
-DROP FUNCTION job_queue_rotate(integer, bigint, interval, interval);
+DROP FUNCTION job_queue_rotate(integer, bigint, interval, interval, interval);
 DROP FUNCTION job_cancel(uuid);
 DROP FUNCTION job_wake(text);
 DROP FUNCTION job_enqueue(uuid[], text[], jsonb[], smallint[], integer[], boolean[], timestamptz[]);

@@ -52,16 +52,17 @@ CREATE TABLE job_queue (
 ) PARTITION BY LIST (part);
 
 CREATE TABLE job_queue_0 PARTITION OF job_queue FOR VALUES IN (0)
-    WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+    WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 CREATE TABLE job_queue_1 PARTITION OF job_queue FOR VALUES IN (1)
-    WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+    WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 CREATE TABLE job_queue_2 PARTITION OF job_queue FOR VALUES IN (2)
-    WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+    WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 
--- The claim's only index: due jobs of one kind, most urgent first. A claimed row leaves it
--- (worker_id is set); nothing else a running job changes is indexed, so renewing a lease or
--- recording progress is a HOT update.
-CREATE INDEX job_queue_due_idx ON job_queue (kind, priority DESC, run_at) WHERE worker_id IS NULL;
+-- The claim's index: jobs of one kind, most urgent first. Running jobs stay in it (the claim
+-- passes over them: a worker's few slots), so that claiming changes nothing indexed: with
+-- half of each page kept free (fillfactor 50), a claim, a lease renewal and recording
+-- progress are HOT updates, which write no index entry.
+CREATE INDEX job_queue_due_idx ON job_queue (kind, priority DESC, run_at);
 
 COMMENT ON TABLE job_queue IS
     'Jobs waiting (worker_id NULL) or running (worker_id set), of every kind; finished jobs move to finished_jobs. Read it through the view jobs.';
@@ -171,21 +172,27 @@ $$;
 CREATE FUNCTION job_enqueue(ids uuid[], kinds text[], args jsonb[], priorities smallint[],
                             max_attempts integer[], watched boolean[], run_ats timestamptz[])
 RETURNS TABLE (job_id uuid, created_at timestamptz)
-LANGUAGE sql AS $$
-WITH inserted AS (
-    INSERT INTO job_queue (id, part, kind, args, priority, max_attempts, watched, run_at)
-    SELECT j.id, (SELECT current FROM job_queue_rotation), j.kind, j.args, j.priority,
-           j.max_attempts, j.watched, coalesce(j.run_at, now())
-    FROM unnest(ids, kinds, args, priorities, max_attempts, watched, run_ats)
-         AS j (id, kind, args, priority, max_attempts, watched, run_at)
-    RETURNING id, kind, watched, version, created_at
-), woken AS (
-    SELECT sum(job_wake(kind)) AS kinds FROM (SELECT DISTINCT kind FROM inserted) AS k
-), recorded AS (
-    SELECT job_events_add(array_agg(id), array_agg(version), array_agg('created'::text), array_agg('pending'::text))
-    FROM inserted WHERE watched
-)
-SELECT i.id, i.created_at FROM inserted i, woken, recorded
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    -- PL/pgSQL, not SQL: its statement's plan is kept across calls in a session.
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO job_queue (id, part, kind, args, priority, max_attempts, watched, run_at)
+        SELECT j.id, (SELECT current FROM job_queue_rotation), j.kind, j.args, j.priority,
+               j.max_attempts, j.watched, coalesce(j.run_at, now())
+        FROM unnest(ids, kinds, args, priorities, max_attempts, watched, run_ats)
+             AS j (id, kind, args, priority, max_attempts, watched, run_at)
+        RETURNING job_queue.id, job_queue.kind, job_queue.watched, job_queue.version, job_queue.created_at
+    ), woken AS (
+        SELECT sum(job_wake(k.kind)) AS kinds FROM (SELECT DISTINCT i.kind FROM inserted i) AS k
+    ), recorded AS (
+        SELECT job_events_add(array_agg(i.id), array_agg(i.version), array_agg('created'::text),
+                              array_agg('pending'::text))
+        FROM inserted i WHERE i.watched
+    )
+    SELECT i.id, i.created_at FROM inserted i, woken, recorded;
+END
 $$;
 
 -- Ends a waiting or running job as canceled: its record moves to finished_jobs, a running
@@ -220,13 +227,14 @@ $$;
 -- live rows (jobs still waiting or running from two rotations ago) move to the current
 -- partition, then it is truncated. Called by the maintenance loop; does nothing (returns
 -- NULL) when another session is rotating, when the last rotation is under min_interval old,
--- when the partitions hold fewer than min_dead dead rows (nothing to gain), or when more
--- than max_move rows would have to move (a backlog: tried again later). Otherwise returns
--- how many rows moved. Holds the oldest partition's ACCESS EXCLUSIVE lock for the few
+-- when the partitions hold fewer than min_dead dead rows (nothing to gain), when no
+-- transaction has held back VACUUM's horizon for held_for (VACUUM then removes dead rows
+-- itself, and a rotation would only pause the queue), or when more than max_move rows would
+-- have to move (a backlog: tried again later). Otherwise returns how many rows moved. Holds the oldest partition's ACCESS EXCLUSIVE lock for the few
 -- milliseconds this takes, and waits at most lock_wait for it: a long transaction that has
 -- touched the partition makes the rotation give up (NULL), not the queue wait.
 CREATE FUNCTION job_queue_rotate(max_move integer, min_dead bigint, min_interval interval,
-                                 lock_wait interval)
+                                 lock_wait interval, held_for interval)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -245,6 +253,12 @@ BEGIN
     IF (SELECT sum(pg_stat_get_dead_tuples(partition::oid))
         FROM unnest(ARRAY['job_queue_0'::regclass, 'job_queue_1'::regclass, 'job_queue_2'::regclass])
              AS partition) < min_dead THEN
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_stat_activity
+                   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                     AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+                     AND xact_start < clock_timestamp() - held_for) THEN
         RETURN NULL;
     END IF;
     oldest := (state.current + 1) % 3;

@@ -13,8 +13,18 @@ from app.queue import jobs
 from app.queue.maintenance import Maintenance, Round
 from tests.support import insert_jobs, wait_for
 
-NOW = {"max_move": 1000, "min_dead": 0, "min_interval": 0, "lock_wait": 0.1}
-"""Rotation settings that rotate whenever asked."""
+NOW = {"max_move": 1000, "min_dead": 0, "min_interval": 0, "lock_wait": 0.1, "held_for": 0}
+"""Rotation settings that rotate whenever asked, while a transaction holds back VACUUM."""
+
+
+@pytest.fixture
+async def old_snapshot(database_url):
+    """Another session holding a snapshot (and so VACUUM's horizon) open: what rotation is for."""
+    holder = await asyncpg.connect(database_url)
+    await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    await holder.fetchval("SELECT txid_current()")
+    yield holder
+    await holder.close()
 
 
 async def test_a_round_that_raises_is_logged_with_its_traceback_and_runs_again(caplog):
@@ -52,7 +62,7 @@ async def partition_of(pool: asyncpg.Pool, job_id) -> int:
     return await pool.fetchval("SELECT part FROM job_queue WHERE id = $1", job_id)
 
 
-async def test_rotation_moves_live_jobs_and_truncates_the_oldest_partition(pool, database_url):
+async def test_rotation_moves_live_jobs_and_truncates_the_oldest_partition(pool, old_snapshot):
     """Three rotations cycle through the partitions: the jobs of the oldest one (waiting,
     running, scheduled) move to the current one with their state and ids, the partition is
     truncated (its dead rows gone whatever snapshot is held), and the running job's worker still
@@ -67,18 +77,12 @@ async def test_rotation_moves_live_jobs_and_truncates_the_oldest_partition(pool,
     [claimed] = await jobs.claim(pool, worker_id="w1", wanted={"test": 1}, lease_seconds=30)
     if claimed.id != running:  # the two due jobs share a run_at: either may come first
         running, waiting = waiting, running
-    holder = await asyncpg.connect(database_url)  # holds a snapshot older than every dead row
-    try:
-        await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        await holder.fetchval("SELECT txid_current()")
-        await pool.execute("VACUUM job_queue_0")
-        assert await pool.fetchval("SELECT pg_relation_size('job_queue_0')") > 0
-        before = {row["id"]: dict(row) for row in await pool.fetch("SELECT * FROM job_queue")}
-        assert {record["part"] for record in before.values()} == {0}
-        moved = [await jobs.rotate(pool, **NOW) for _ in range(3)]
-        after = {row["id"]: dict(row) for row in await pool.fetch("SELECT * FROM job_queue")}
-    finally:
-        await holder.close()
+    await pool.execute("VACUUM job_queue_0")  # removes nothing: the old snapshot still sees them
+    assert await pool.fetchval("SELECT pg_relation_size('job_queue_0')") > 0
+    before = {row["id"]: dict(row) for row in await pool.fetch("SELECT * FROM job_queue")}
+    assert {record["part"] for record in before.values()} == {0}
+    moved = [await jobs.rotate(pool, **NOW) for _ in range(3)]
+    after = {row["id"]: dict(row) for row in await pool.fetch("SELECT * FROM job_queue")}
     assert moved == [0, 0, 3], "the third rotation reaches partition 0 and moves its three jobs"
     assert await pool.fetchval("SELECT pg_relation_size('job_queue_0')") == 0, "truncated, dead rows and all"
     assert after.keys() == before.keys()
@@ -89,7 +93,7 @@ async def test_rotation_moves_live_jobs_and_truncates_the_oldest_partition(pool,
     assert next_one.id == waiting
 
 
-async def test_rotation_gives_up_rather_than_wait_for_a_long_transaction(pool, database_url):
+async def test_rotation_gives_up_rather_than_wait_for_a_long_transaction(pool, database_url, old_snapshot):
     """A transaction that has read the oldest partition holds a lock the truncation needs:
     the rotation waits at most its lock_wait, does nothing, and the queue goes on."""
     await insert_jobs(pool, 1)
@@ -110,16 +114,17 @@ async def test_rotation_gives_up_rather_than_wait_for_a_long_transaction(pool, d
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"), [("min_dead", 10**9), ("min_interval", 3600), ("max_move", 0)]
+    ("setting", "value"), [("min_dead", 10**9), ("min_interval", 3600), ("max_move", 0), ("held_for", 3600)]
 )
-async def test_rotation_waits_until_it_is_worth_it(pool, setting, value):
-    """No rotation with too few dead rows, too soon after the last one, or with more live
-    jobs in the oldest partition than it may move (a backlog waits for the next turn)."""
+async def test_rotation_waits_until_it_is_worth_it(pool, old_snapshot, setting, value):
+    """No rotation with too few dead rows, too soon after the last one, with more live jobs in
+    the oldest partition than it may move (a backlog waits for the next turn), or while no
+    transaction has held VACUUM back for long."""
     await insert_jobs(pool, 3)
     for _ in range(2):
         await jobs.rotate(pool, **NOW)
     await pool.execute("UPDATE job_queue_rotation SET rotated_at = now() - interval '1 day'")
-    if setting == "min_dead":
+    if setting in ("min_dead", "held_for"):
         assert await jobs.rotate(pool, **{**NOW, setting: value}) is None
     elif setting == "min_interval":
         await jobs.rotate(pool, **NOW)  # reaches partition 0: moves its jobs, rotated_at now
@@ -127,6 +132,20 @@ async def test_rotation_waits_until_it_is_worth_it(pool, setting, value):
     else:
         assert await jobs.rotate(pool, **{**NOW, setting: value}) is None
         assert {row["part"] for row in await pool.fetch("SELECT part FROM job_queue")} == {0}
+
+
+async def test_without_a_transaction_holding_vacuum_back_rotation_does_nothing(pool):
+    """Dead rows alone never rotate: VACUUM removes them, and a rotation would only pause the
+    queue for nothing."""
+    for _ in range(20):
+        [job] = await jobs.claim(pool, worker_id="w", wanted={"test": 1}, lease_seconds=30) or [None]
+        if job is None:
+            await insert_jobs(pool, 1)
+            continue
+        await jobs.complete_many(pool, worker_id="w", jobs=[(job.id, job.attempts)])
+    # No client transaction here is 5 s old (the test's own last a few milliseconds).
+    assert await jobs.rotate(pool, **{**NOW, "held_for": 5}) is None
+    assert await pool.fetchval("SELECT current FROM job_queue_rotation") == 0
 
 
 async def test_cancelling_in_psql_finishes_the_job_like_the_api(pool):

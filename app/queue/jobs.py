@@ -57,23 +57,15 @@ async def claim(
     conn: Connection, *, worker_id: str, wanted: Mapping[str, int], lease_seconds: float
 ) -> list[Job]:
     """Claim up to `wanted[kind]` due jobs of each kind for `worker_id`."""
-    rows = await conn.fetch(queries.job_claim, worker_id, list(wanted), list(wanted.values()), lease_seconds)
-    claimed = []
-    for id_, kind, args, attempts, max_attempts, run_at, started_at, created_at in rows:
-        claimed.append(
-            Job(
-                id_,
-                kind,
-                None if args is None else json.loads(args),
-                attempts,
-                max_attempts,
-                run_at,
-                started_at,
-                created_at,
-                worker_id,
-            )
-        )
-    return claimed
+    if len(wanted) == 1:
+        [(kind, count)] = wanted.items()
+        rows = await conn.fetch(queries.job_claim_kind, worker_id, kind, count, lease_seconds)
+    else:
+        rows = await conn.fetch(queries.job_claim, worker_id, list(wanted), list(wanted.values()), lease_seconds)
+    return [
+        Job(id_, kind, args, attempts, max_attempts, run_at, started_at, created_at, worker_id)
+        for id_, kind, args, attempts, max_attempts, run_at, started_at, created_at in rows
+    ]
 
 
 async def next_due(conn: Connection, *, kinds: Sequence[str]) -> dict[str, datetime]:
@@ -148,10 +140,10 @@ async def depth(conn: Connection, *, kind: str) -> asyncpg.Record:
 
 
 async def rotate(
-    conn: Connection, *, max_move: int, min_dead: int, min_interval: float, lock_wait: float
+    conn: Connection, *, max_move: int, min_dead: int, min_interval: float, lock_wait: float, held_for: float
 ) -> int | None:
     """Empty and truncate the oldest partition of job_queue if worth it; rows moved, or None."""
-    return await conn.fetchval(queries.job_queue_rotate, max_move, min_dead, min_interval, lock_wait)
+    return await conn.fetchval(queries.job_queue_rotate, max_move, min_dead, min_interval, lock_wait, held_for)
 
 
 async def delete_finished(

@@ -14,6 +14,7 @@ takes microseconds and never blocks.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -39,14 +40,18 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 """A job never leaves these."""
 
 
-@dataclass(slots=True, frozen=True)
+_UNREAD: Any = object()
+
+
+@dataclass(slots=True)
 class Job:
     """A claimed job, as its handler sees it."""
 
     id: UUID
     kind: str
-    args: Any
-    """The JSON arguments it was enqueued with (None for kinds that keep theirs elsewhere)."""
+    args_json: str | None
+    """Its arguments as the JSON text they are stored as (None: no arguments); `args` decodes
+    them, once, for handlers that read them."""
     attempts: int
     """Claims so far, this one included: 1 on the first run."""
     max_attempts: int
@@ -55,6 +60,14 @@ class Job:
     started_at: datetime
     created_at: datetime
     worker_id: str
+    _args: Any = field(default=_UNREAD, repr=False, compare=False)
+
+    @property
+    def args(self) -> Any:
+        """The JSON arguments it was enqueued with (None for kinds that keep theirs elsewhere)."""
+        if self._args is _UNREAD:
+            self._args = None if self.args_json is None else json.loads(self.args_json)
+        return self._args
 
 
 class Outcome(Exception):

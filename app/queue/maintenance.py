@@ -83,6 +83,10 @@ class Rotation:
     rotation: with fewer, VACUUM keeps up and rotating would only cost a pause."""
     max_move: int = 1_000
     """Live rows in the oldest partition beyond which it is left for later (a backlog)."""
+    held_for: float = 10.0
+    """How long a transaction must have held back VACUUM's horizon before rotating is worth its
+    pause: with no such transaction VACUUM removes dead rows (and index scans skip the ones it
+    has not reached yet); rotation is for when it cannot."""
     lock_wait: float = 0.1
     """Longest wait for the oldest partition's lock; while waiting, the queue's statements wait
     too, so this is short, and a rotation that cannot get the lock is simply tried again."""
@@ -129,6 +133,7 @@ def queue_rounds(
             min_dead=rotation.min_dead,
             min_interval=rotation.every,
             lock_wait=rotation.lock_wait,
+            held_for=rotation.held_for,
         )
         if moved is not None:
             log.debug("rotated the queue's partitions, %d jobs moved", moved, extra={"action": "queue_rotated"})
