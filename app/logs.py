@@ -68,11 +68,12 @@ class ContextFieldsFilter(logging.Filter):
 
 class DefaultAction(logging.Filter):
     """Records from libraries (uvicorn's start and stop lines, say) carry no `action`; give
-    them their logger's name, so every line has one to filter on."""
+    them their logger's name, so every line has one to filter on. uvicorn logs its own life
+    on a logger it calls "uvicorn.error": its records read `action=uvicorn`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "action"):
-            record.action = record.name
+            record.action = "uvicorn" if record.name == "uvicorn.error" else record.name
         return True
 
 

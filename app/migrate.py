@@ -1,15 +1,17 @@
 """Applies the yoyo migrations in `migrations/` under yoyo's lock, so that several processes
-starting at once migrate exactly once."""
+starting at once migrate exactly once. The migrations are package data (`app/migrations`, a
+link to the repository's folder, copied into the wheel)."""
 
 from __future__ import annotations
 
 import logging
+from importlib.resources import files
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(str(files("app") / "migrations"))
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ def prepare(settings: Settings, *, migrate_now: bool | None = None) -> Settings:
         listen_for_debugger(settings.debugpy_port)
     if settings.database_url is None:
         settings = settings.model_copy(update={"database_url": embedded.start(settings.data_dir)})
-    assert settings.database_url is not None
+
     if settings.auto_migrate if migrate_now is None else migrate_now:
         try:
-            migrate.apply(settings.database_url)
+            migrate.apply(settings.database)
         except psycopg.OperationalError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             sys.exit(f"menagerie: cannot reach the database to migrate it: {first_line}")

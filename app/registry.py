@@ -1,16 +1,19 @@
 """What a worker process is made of: every kind of job menagerie runs, configured from the
-settings, and the maintenance rounds of the layers above the queue. The entry points
-(worker.py, `python -m app run`) build it; the queue itself knows none of this."""
+settings, and the maintenance rounds of the layers above the queue. The `menagerie worker`
+command (worker.py, `menagerie run`) builds it here; the queue itself knows none of this."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from app import idempotency
+from app import db
+
+from app.api import idempotency
 from app.images import generate
 from app.images.providers.local import LocalProvider
 from app.queue.kinds import Kind, configured
 from app.queue.maintenance import Round
+from app.queue.process import serve
 from app.settings import Settings
 
 
@@ -34,3 +37,13 @@ def pool_size(settings: Settings) -> int:
     """Connections a worker process may use: one per running generation (it stores its
     images), plus outcomes, heartbeat and maintenance."""
     return settings.worker_concurrency + 4
+
+
+async def serve_worker(settings: Settings) -> None:
+    """Run one worker process: every registered kind (or those WORKER_KINDS names) and every
+    layer's maintenance rounds, until SIGTERM or SIGINT."""
+    pool = await db.create_pool(settings.database, size=pool_size(settings), application_name=db.WORKER_APPLICATION)
+    try:
+        await serve(settings, pool=pool, registry=kinds(settings, pool), rounds=rounds(settings, pool))
+    finally:
+        await pool.close()

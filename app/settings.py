@@ -143,6 +143,14 @@ class Settings(BaseSettings):
             parse_backoff(value)
         return value
 
+    @property
+    def database(self) -> str:
+        """DATABASE_URL, once resolved (the entry point starts the embedded PostgreSQL when it
+        is unset)."""
+        if self.database_url is None:
+            raise RuntimeError("DATABASE_URL is not resolved: call app.process.prepare first")
+        return self.database_url
+
     def kind(self, name: str) -> KindSettings:
         """How workers run kind `name`: `<NAME>_SLOTS`, `<NAME>_MAX_ATTEMPTS`, `<NAME>_TIMEOUT`
         and `<NAME>_BACKOFF`, each unset by default. A generation's are also known by the

@@ -2,16 +2,18 @@
 
 A section starts with `-- name: some_query`; its first comment lines say what it does and
 which parameters it takes. Python refers to queries by name (`queries.job_claim`) and never
-builds SQL itself.
+builds SQL itself. The files are package data: `app/queries` is the repository's `sql/`
+(a link), copied into the wheel, so an installed menagerie finds them wherever it runs.
 """
 
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from pathlib import Path
 from types import MappingProxyType
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(files("app") / "queries"))
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -41,12 +43,16 @@ class Queries:
 
 
 def load(directory: Path = SQL_DIR) -> Queries:
+    """Every query of every .sql file in `directory`; an error when there is none (a package
+    installed without its SQL would otherwise fail at its first query)."""
     merged: dict[str, str] = {}
     for path in sorted(directory.glob("*.sql")):
         for name, query in parse(path.read_text(encoding="utf-8")).items():
             if name in merged:
                 raise ValueError(f"query {name!r} is defined twice ({path.name})")
             merged[name] = query
+    if not merged:
+        raise RuntimeError(f"no named queries found in {directory}: is the package installed whole?")
     return Queries(merged)
 
 

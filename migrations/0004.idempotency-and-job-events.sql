@@ -1,4 +1,4 @@
--- depends: 0002.leases-workers-cancel
+-- depends: 0003.operator-views
 -- Idempotency keys for POST /generations, and the NOTIFY that feeds event streams.
 
 CREATE TABLE idempotency_keys (

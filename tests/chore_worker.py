@@ -17,8 +17,7 @@ import chores  # tests/ is this script's folder, first on sys.path
 
 
 async def main(config: settings.Settings) -> None:
-    assert config.database_url is not None
-    pool = await db.create_pool(config.database_url, size=8, application_name=db.WORKER_APPLICATION)
+    pool = await db.create_pool(config.database, size=8, application_name=db.WORKER_APPLICATION)
     try:
         kinds = [configured(kind, config.kind(kind.name)) for kind in (chores.KIND, chores.TICK)]
         await serve(config, pool=pool, registry=kinds)

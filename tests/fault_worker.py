@@ -77,8 +77,7 @@ def recording_kinds(pool: asyncpg.Pool, config: Settings) -> list[Kind]:
 
 
 async def main(config: Settings) -> None:
-    assert config.database_url is not None
-    pool = await db.create_pool(config.database_url, size=registry.pool_size(config) + 4, application_name=db.WORKER_APPLICATION)
+    pool = await db.create_pool(config.database, size=registry.pool_size(config) + 4, application_name=db.WORKER_APPLICATION)
     try:
         await serve(config, pool=pool, registry=recording_kinds(pool, config), rounds=registry.rounds(config, pool))
     finally:

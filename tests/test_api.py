@@ -1,4 +1,4 @@
-"""Contract tests of the HTTP API as /work/shared/API.md fixes it, against real PostgreSQL.
+"""Contract tests of the HTTP API as docs/API.md fixes it, against real PostgreSQL.
 
 Covers what exists now: creating, reading and listing jobs, serving images, the catalogue,
 health checks, and the problem+json answers to bad requests (each of which must leave

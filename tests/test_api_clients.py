@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.api import Backlog
+from app.api.backlog import Backlog
 from app.images import generate
 from app.images.providers.local import LocalProvider
 from app.queue.worker import Timing, Worker

@@ -175,12 +175,12 @@ def test_pgadmin_is_optional_and_preregisters_the_database() -> None:
 
 
 def test_container_commands_match_project_entry_points() -> None:
-    """The image runs `python server.py`; compose runs `python worker.py` and `python -m app migrate`."""
-    assert _dockerfile_cmd() == ["python", "server.py"]
+    """The image runs `menagerie server`; compose runs `menagerie worker` and `menagerie migrate`."""
+    assert _dockerfile_cmd() == ["menagerie", "server"]
     services = _services()
     assert "command" not in services["server"]  # uses the image CMD
-    assert _as_argv(services["worker"]["command"]) == ["python", "worker.py"]
-    assert _as_argv(services["migrate"]["command"]) == ["python", "-m", "app", "migrate"]
+    assert _as_argv(services["worker"]["command"]) == ["menagerie", "worker"]
+    assert _as_argv(services["migrate"]["command"]) == ["menagerie", "migrate"]
 
 
 def test_every_container_command_is_one_the_readme_documents() -> None:
@@ -200,14 +200,39 @@ def test_server_and_worker_have_health_checks() -> None:
     assert "9100/metrics" in " ".join(worker["healthcheck"]["test"])
 
 
-def test_dockerfile_runs_as_non_root_from_app_dir() -> None:
-    """The image works from /app, copies the code and data dirs, exposes 8000 and drops root."""
+def test_the_image_installs_the_lock_and_the_wheel_as_a_non_root_user() -> None:
+    """The Dockerfile builds menagerie's wheel in a first stage; the image's stage installs
+    requirements.lock (hashes required), then that wheel, checks them with pip check, copies
+    no source tree, runs as a non-root user and has a health check."""
     instructions = _dockerfile_instructions()
-    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("python:3.11-slim")
-    assert ("WORKDIR", "/app") in instructions
-    assert ("EXPOSE", "8000") in instructions
-    copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
-    for source in ("pyproject.toml", "app/", "sql/", "migrations/", "server.py", "worker.py"):
-        assert source in copied, source
-    users = [args for keyword, args in instructions if keyword == "USER"]
+    stages = [args for keyword, args in instructions if keyword == "FROM"]
+    assert len(stages) == 2 and all(stage.startswith("python:3.11-slim") for stage in stages)
+    final = instructions[[keyword for keyword, _ in instructions].index("FROM", 1):]
+    runs = " ".join(args for keyword, args in final if keyword == "RUN")
+    assert "--require-hashes" in runs and "requirements.lock" in runs
+    assert "/tmp/wheels/*.whl" in runs and "pip check" in runs
+    copied = [args for keyword, args in final if keyword == "COPY"]
+    assert all("requirements.lock" in args or "--from=build" in args for args in copied), copied
+    assert ("EXPOSE", "8000") in final
+    users = [args for keyword, args in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(keyword == "HEALTHCHECK" for keyword, _ in final)
+
+
+def test_published_ports_are_this_machines_only_and_images_are_pinned() -> None:
+    """Every port compose publishes is bound to 127.0.0.1 but the API's, and every image it
+    pulls names a version (no implicit `latest`)."""
+    for name, service in _services().items():
+        if "image" in service and "build" not in service:
+            assert ":" in service["image"] and not service["image"].endswith(":latest"), name
+        if name == "server":
+            continue
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_pgadmin_asks_for_a_login() -> None:
+    """pgAdmin runs in server mode (with a login), as the README says, not desktop mode."""
+    environment = _services()["pgadmin"]["environment"]
+    assert "PGADMIN_CONFIG_SERVER_MODE" not in environment
+    assert environment["PGADMIN_DEFAULT_EMAIL"] and environment["PGADMIN_DEFAULT_PASSWORD"]

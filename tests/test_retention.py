@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app import idempotency
+from app.api import idempotency
 from app.images import generations
 from app.queue.maintenance import RETENTION_LOCK, Maintenance, Round, delete_finished, queue_rounds
 from app.sql import queries

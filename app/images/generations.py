@@ -14,6 +14,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app import db
+
 from app.batching import Batcher
 from app.queue import jobs as queue
 from app.queue.kinds import Status
@@ -66,6 +68,7 @@ class Request:
     max_attempts: int
 
 
+@db.translated
 async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Generation]:
     """Create generation jobs in one statement (their queue jobs, one NOTIFY, what each asks
     for); in the order of `requests`."""
@@ -105,21 +108,25 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
     return Batcher(write, max_batch=max_batch)
 
 
+@db.translated
 async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
     row = await conn.fetchrow(queries.generation_get, job_id)
     return None if row is None else Generation.from_record(row)
 
 
+@db.translated
 async def cancel(conn: Connection, *, job_id: UUID) -> bool:
     """Cancel the job if it is pending or processing; False when unknown or already finished."""
     return await conn.fetchval(queries.generation_cancel, job_id) is not None
 
 
+@db.translated
 async def pending_count(conn: Connection, *, cap: int) -> int:
     """Generations waiting, counted no further than `cap`."""
     return await queue.pending_count(conn, kind=KIND, cap=cap)
 
 
+@db.translated
 async def queue_depth(conn: Connection) -> asyncpg.Record:
     """(pending, processing, oldest_due, now) of generations."""
     return await queue.depth(conn, kind=KIND)
@@ -149,6 +156,7 @@ def list_statement(
     return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit)
 
 
+@db.translated
 async def list_page(
     conn: Connection, *, status: Status | None, after: tuple[datetime, UUID] | None, limit: int
 ) -> list[Generation]:

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app import db
+
 from app.sql import queries
 
 
@@ -24,6 +26,7 @@ async def store(
     return await conn.fetchval(queries.image_store, job_id, worker_id, attempt, index, png, digest)
 
 
+@db.translated
 async def get(
     conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID, index: int
 ) -> tuple[bytes, str] | None:

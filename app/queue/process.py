@@ -58,10 +58,9 @@ async def serve(
     """Run one worker for the kinds WORKER_KINDS selects from `registry`, with the queue's
     maintenance rounds and `rounds`, until SIGTERM or SIGINT (a second one skips the grace
     period). Retention deletes finished jobs of every registered kind, with its own data."""
-    assert settings.database_url is not None
     worker = Worker(
         pool=pool,
-        listen_url=settings.database_url,
+        listen_url=settings.database,
         kinds=selected(registry, settings.worker_kinds),
         timing=timing(settings),
     )

@@ -283,7 +283,9 @@ class Worker:
         return marked
 
     async def _claim_while_room(self) -> None:
-        assert self._claim_pool is not None
+        claim_pool = self._claim_pool
+        if claim_pool is None:  # not running
+            return
         while not self._stopping:
             wanted = {
                 name: lane.free for name, lane in self._lanes.items() if lane.maybe_waiting and lane.free > 0
@@ -293,7 +295,7 @@ class Worker:
             started = time.perf_counter()
             try:
                 jobs = await queue.claim(
-                    self._claim_pool, worker_id=self.id, wanted=wanted, lease_seconds=self._timing.lease_seconds
+                    claim_pool, worker_id=self.id, wanted=wanted, lease_seconds=self._timing.lease_seconds
                 )
             except DATABASE_ERRORS as exc:
                 log.warning("claim failed: %s", exc, extra={"action": "claim_failed"})
@@ -583,9 +585,10 @@ class Worker:
     async def _let_running_finish(self) -> None:
         tasks = [running.task for running in self._running.values() if running.task is not None]
         log.info(
-            "waiting up to %gs for %d running jobs",
+            "waiting up to %gs for %d running job%s",
             self._timing.shutdown_grace,
             len(tasks),
+            "" if len(tasks) == 1 else "s",
             extra={"action": "worker_draining"},
         )
         all_done = asyncio.ensure_future(asyncio.wait(tasks))

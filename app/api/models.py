@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from app.api.problems import echo
 from app.images.animals import ANIMALS
 from app.images.generations import Generation
 from app.queue.kinds import Status as JobStatus
@@ -59,7 +59,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _known_animal(cls, value: str | None) -> str | None:
         if value is not None and value not in ANIMALS:
-            raise ValueError(f"unknown animal {value!r}; GET /animals lists the catalogue")
+            raise ValueError(f"unknown animal {echo(value)}; GET /animals lists the catalogue")
         return value
 
 
@@ -127,20 +127,6 @@ class JobOut(BaseModel):
         )
 
 
-PROBLEM_TITLES = {
-    "/problems/validation-error": "Request did not validate",
-    "/problems/invalid-json": "Body is not a JSON object",
-    "/problems/queue-full": "Too much work queued",
-    "/problems/idempotency-key-reused": "Idempotency-Key reused",
-    "/problems/job-finished": "Job already finished",
-}
-"""Every problem type this service answers besides `about:blank`, with its title."""
-
-
-def problem_title(problem_type: str, status: int) -> str:
-    return PROBLEM_TITLES.get(problem_type) or HTTPStatus(status).phrase
-
-
 class ProblemError(BaseModel):
     loc: list[str]
     msg: str
@@ -160,4 +146,3 @@ class ProblemOut(BaseModel):
         None, serialization_alias="requestId", description="The request's X-Request-ID"
     )
 
-    title_for = staticmethod(problem_title)

@@ -1,4 +1,4 @@
--- Queries about the database itself.
+-- Queries about the database itself: the schema's migrations, a connection's health.
 
 -- name: schema_applied_count
 -- How many of the given migration ids yoyo has recorded as applied.

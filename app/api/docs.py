@@ -3,11 +3,8 @@ with an example. Attached to the endpoints in app/api.py with `@documented(...)`
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from uuid import UUID
 
-from app import cursors
-from app.models import (
+from app.api.models import (
     EXAMPLE_JOB,
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
@@ -17,7 +14,7 @@ from app.models import (
     JobStatus,
     ListQuery,
 )
-from app.openapi import Header, Operation, Param, Reply
+from app.api.openapi import Header, Operation, Param, Reply
 
 UUID_SCHEMA = {"type": "string"}
 LIST_QUERY = {
@@ -35,13 +32,11 @@ JOB_ID = Param(
 PREFER = Param(
     "Prefer",
     "header",
-    f"`wait=N` (N ≤ {MAX_WAIT_SECONDS}): answer once the job is terminal, or after N seconds",
+    f"`wait=N` (N ≤ {MAX_WAIT_SECONDS}), e.g. `wait=5`: answer once the job is terminal, or after N seconds",
     {"type": "string"},
-    "wait=5",
 )
 IF_NONE_MATCH = Param(
-    "If-None-Match", "header", "An ETag from an earlier answer: 304 if unchanged", {"type": "string"},
-    '"6b1c0f5e9d1f3c0a2e7b8d9c0a1b2c3d"',
+    "If-None-Match", "header", "An ETag from an earlier answer: 304 if unchanged", {"type": "string"}
 )
 REQUEST_ID = Header("Echoed X-Request-ID, or one made for this request", "4bf92f3577b34da6a3ce929d0e0e4736")
 JOB_ETAG = Header("Strong validator of this representation of the job", '"6b1c0f5e9d1f3c0a2e7b8d9c0a1b2c3d"')
@@ -71,9 +66,9 @@ CREATE_GENERATION = Operation(
         Param(
             "Idempotency-Key",
             "header",
-            f"Retrying with the same key and body returns the same job; 1–{MAX_IDEMPOTENCY_KEY} characters",
+            f"Retrying with the same key and body returns the same job; 1–{MAX_IDEMPOTENCY_KEY} "
+            "characters, e.g. a UUID the client makes once per order",
             {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-            "5d1c5cbe-order-42",
         ),
         PREFER,
     ),
@@ -158,7 +153,6 @@ LIST_GENERATIONS = Operation(
             "query",
             "Where the page starts: copy it from a `next` link; any other value is a 422",
             {"type": "string"},
-            cursors.encode(datetime(2026, 11, 27, 10, 30, tzinfo=UTC), UUID(EXAMPLE_JOB["jobId"])),
         ),
     ),
     replies={
@@ -217,7 +211,7 @@ JOB_EVENTS = Operation(
     ),
     params=(
         JOB_ID,
-        Param("Last-Event-ID", "header", "The id of the last event received", {"type": "string"}, "processing.1"),
+        Param("Last-Event-ID", "header", "The id of the last event received", {"type": "string"}),
     ),
     replies={
         200: Reply(

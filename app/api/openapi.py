@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.models import GenerationRequest, JobOut, ProblemOut
+from app.api.models import GenerationRequest, JobOut, ProblemOut
+from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
 REF = "#/components/schemas/{model}"
@@ -24,11 +25,15 @@ REF = "#/components/schemas/{model}"
 
 @dataclass(frozen=True)
 class Param:
+    """A parameter. Optional headers and the cursor carry no example: Swagger UI's "Try it
+    out" fills the example in, and a sample Idempotency-Key, Prefer or cursor would change
+    what the request does."""
+
     name: str
     where: Literal["path", "query", "header"]
     description: str
     schema: dict[str, Any]
-    example: Any
+    example: Any = None
     required: bool = False
 
 
@@ -79,7 +84,7 @@ def _problem_reply(status: int, reply: Reply) -> dict[str, Any]:
         problem_type.rsplit("/", 1)[-1].replace(":", "-"): {
             "value": {
                 "type": problem_type,
-                "title": ProblemOut.title_for(problem_type, status),
+                "title": problem_title(problem_type, status),
                 "status": status,
                 "detail": detail,
                 "requestId": "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -129,7 +134,7 @@ def _operation(op: Operation, operation_id: str) -> dict[str, Any]:
                 "required": param.required or param.where == "path",
                 "description": param.description,
                 "schema": param.schema,
-                "example": param.example,
+                **({"example": param.example} if param.example is not None else {}),
             }
             for param in op.params
         ]

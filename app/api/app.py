@@ -27,16 +27,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
-from app import api_docs, cursors, db, events, idempotency, openapi
+from app import db
+from app.api import backlog, cursors, docs, idempotency, openapi, streams, swagger
 from app.images import generations, stores
 from app.images.animals import ANIMALS
 from app.images.generations import Generation, Request as GenerationSpec
 from app.batching import Batcher
-from app.metrics import HttpMetricsMiddleware, ServerMetrics
+from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.migrate import migration_ids
-from app.models import (
+from app.api.models import (
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
@@ -44,10 +44,11 @@ from app.models import (
     JobOut,
     ListQuery,
 )
-from app.openapi import documented
-from app.problems import Problem, exception_handlers, validation_problem
+from app.api.openapi import documented
+from app.api import problems
+from app.api.problems import Problem, exception_handlers, readable, validation_problem
 from app.queue.kinds import Status
-from app.request_ids import RequestIdMiddleware
+from app.api.request_ids import RequestIdMiddleware
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,40 +57,12 @@ JSON_TYPES = ("application/json",)
 _job_list = TypeAdapter(list[JobOut])
 
 
-class Backlog:
-    """How many jobs are pending, read at most once a second per process and counted no
-    further than the limit, so that refusing work never costs a count(*) per request.
-    Requests that find the figure stale while it is being read share that one read."""
-
-    def __init__(self, limit: int, *, max_age: float = 1.0) -> None:
-        self.limit = limit
-        self._max_age = max_age
-        self._count = 0
-        self._read_at = float("-inf")
-        self._reading: asyncio.Future[int] | None = None
-
-    async def full(self, pool: asyncpg.Pool) -> bool:
-        if time.monotonic() - self._read_at > self._max_age:
-            if self._reading is None:
-                self._reading = asyncio.ensure_future(self._read(pool))
-            await asyncio.shield(self._reading)
-        return self._count >= self.limit
-
-    async def _read(self, pool: asyncpg.Pool) -> int:
-        try:
-            self._count = await generations.pending_count(pool, cap=self.limit)
-            self._read_at = time.monotonic()
-            return self._count
-        finally:
-            self._reading = None
-
-
 class State(TypedDict):
     settings: Settings
     pool: asyncpg.Pool
     migration_ids: list[str]
-    watch: events.JobWatch
-    backlog: Backlog
+    watch: streams.JobWatch
+    backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
 
@@ -112,8 +85,10 @@ async def read_json_object(request: Request) -> dict[str, Any]:
             raise Problem(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, >4300-digit ints
-        raise Problem(400, f"the body is not valid JSON: {exc}", type="/problems/invalid-json") from exc
+    except RecursionError as exc:
+        raise Problem(400, "the body nests too deeply to be read", type="/problems/invalid-json") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, numbers of over 4,300 digits
+        raise Problem(400, f"the body is not valid JSON: {readable(str(exc))}", type="/problems/invalid-json") from exc
     if not isinstance(data, dict):
         raise Problem(400, "the body must be a JSON object", type="/problems/invalid-json")
     return data
@@ -123,7 +98,7 @@ def parse_job_id(request: Request) -> UUID:
     try:
         return UUID(request.path_params["job_id"])
     except ValueError:
-        raise Problem(404, "no such job") from None
+        raise problems.no_such_job() from None
 
 
 def base_url(request: Request) -> str:
@@ -164,7 +139,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 # Endpoints
 
 
-@documented(api_docs.CREATE_GENERATION)
+@documented(docs.CREATE_GENERATION)
 async def create_generation(request: Request) -> Response:
     state = request.state
     settings: Settings = state.settings
@@ -182,13 +157,6 @@ async def create_generation(request: Request) -> Response:
     if key is not None:
         fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
         replay = await known_job(state.pool, key=key, fingerprint=fingerprint)
-    if replay is None and await state.backlog.full(state.pool):
-        raise Problem(
-            503,
-            f"{state.backlog.limit} or more jobs are waiting; try again later",
-            type="/problems/queue-full",
-            headers={"Retry-After": "5"},
-        )
     spec = GenerationSpec(
         num_images=wanted.num_images,
         animal=wanted.animal or random.choice(ANIMALS),
@@ -197,15 +165,8 @@ async def create_generation(request: Request) -> Response:
     replayed = replay is not None
     if replay is not None:
         job = replay
-    elif key is None:
-        job = await state.creations.submit(spec)
     else:
-        try:
-            job, replayed = await idempotency.create_once(
-                state.pool, key=key, fingerprint=fingerprint, ttl=settings.idempotency_ttl, request=spec
-            )
-        except idempotency.IdempotencyConflict:
-            raise key_reused() from None
+        job, replayed = await create(state, spec, key=key, fingerprint=fingerprint)
     if not replayed:
         log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
     headers = {"Location": f"/generations/{job.id}"}
@@ -213,19 +174,32 @@ async def create_generation(request: Request) -> Response:
         headers["Idempotent-Replayed"] = "true"
     wait = requested_wait(request)
     if wait is not None:
-        job = await events.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
+        job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
         headers["Preference-Applied"] = f"wait={wait}"
     return job_response(
         request, JobOut.from_job(job, base_url=base_url(request)), status_code=202, headers=headers
     )
 
 
-def key_reused() -> Problem:
-    return Problem(
-        422,
-        "this Idempotency-Key was already used with a different body",
-        type="/problems/idempotency-key-reused",
-    )
+async def create(state: Any, spec: GenerationSpec, *, key: str | None, fingerprint: str) -> tuple[Generation, bool]:
+    """Create the generation, under its Idempotency-Key when there is one (True: the key's
+    job, made by a request that raced this one), holding a place in the backlog meanwhile."""
+    settings: Settings = state.settings
+    try:
+        async with state.backlog.admit(state.pool):
+            if key is None:
+                return await state.creations.submit(spec), False
+            try:
+                job, replayed = await idempotency.create_once(
+                    state.pool, key=key, fingerprint=fingerprint, ttl=settings.idempotency_ttl, request=spec
+                )
+            except idempotency.IdempotencyConflict:
+                raise problems.key_reused() from None
+            if replayed:
+                state.backlog.give_back()
+            return job, replayed
+    except backlog.Full:
+        raise problems.queue_full(state.backlog.limit) from None
 
 
 async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Generation | None:
@@ -233,10 +207,10 @@ async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Genera
     try:
         return await idempotency.replay(pool, key=key, fingerprint=fingerprint)
     except idempotency.IdempotencyConflict:
-        raise key_reused() from None
+        raise problems.key_reused() from None
 
 
-@documented(api_docs.GET_GENERATION)
+@documented(docs.GET_GENERATION)
 async def get_generation(request: Request) -> Response:
     state = request.state
     job_id = parse_job_id(request)
@@ -245,19 +219,19 @@ async def get_generation(request: Request) -> Response:
     if wait is None:
         job = await generations.get(state.pool, job_id=job_id)
     else:
-        job = await events.wait_until_terminal(state.pool, state.watch, job_id=job_id, timeout=wait)
+        job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job_id, timeout=wait)
         headers["Preference-Applied"] = f"wait={wait}"
     if job is None:
-        raise Problem(404, "no such job")
+        raise problems.no_such_job()
     return job_response(request, JobOut.from_job(job, base_url=base_url(request)), headers=headers)
 
 
-@documented(api_docs.JOB_EVENTS)
+@documented(docs.JOB_EVENTS)
 async def job_events(request: Request) -> Response:
     """Server-Sent Events: the job now, then one event per change, closed once terminal."""
     state = request.state
     job_id = parse_job_id(request)
-    body = events.stream(
+    body = streams.stream(
         state.pool,
         state.watch,
         job_id=job_id,
@@ -267,7 +241,7 @@ async def job_events(request: Request) -> Response:
     )
     first = await anext(body, None)  # the job's first read, under its watch
     if first is None:
-        raise Problem(404, "no such job")
+        raise problems.no_such_job()
     return StreamingResponse(
         counted(first, body, state.metrics.open_streams),
         media_type="text/event-stream",
@@ -275,7 +249,7 @@ async def job_events(request: Request) -> Response:
     )
 
 
-@documented(api_docs.LIST_GENERATIONS)
+@documented(docs.LIST_GENERATIONS)
 async def list_generations(request: Request) -> Response:
     try:
         query = ListQuery.model_validate(dict(request.query_params))
@@ -296,17 +270,17 @@ async def list_generations(request: Request) -> Response:
     return Response(body, headers=headers, media_type="application/json")
 
 
-@documented(api_docs.GET_IMAGE)
+@documented(docs.GET_IMAGE)
 async def get_image(request: Request) -> Response:
     job_id = parse_job_id(request)
     name: str = request.path_params["name"]
     stem, _, extension = name.partition(".")
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
     if extension != "png" or not canonical:
-        raise Problem(404, "no such image")
+        raise problems.no_such_image()
     found = await stores.get(request.state.pool, job_id=job_id, index=int(stem))
     if found is None:
-        raise Problem(404, "no such image")
+        raise problems.no_such_image()
     png, digest = found
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
@@ -323,7 +297,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-@documented(api_docs.CANCEL_GENERATION)
+@documented(docs.CANCEL_GENERATION)
 async def cancel_generation(request: Request) -> Response:
     """Cancel a pending or processing job; repeating it is harmless; a finished job is 409."""
     pool = request.state.pool
@@ -331,28 +305,24 @@ async def cancel_generation(request: Request) -> Response:
     canceled = await generations.cancel(pool, job_id=job_id)
     job = await generations.get(pool, job_id=job_id)
     if job is None:
-        raise Problem(404, "no such job")
+        raise problems.no_such_job()
     if canceled:
         log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
     elif job.status in (Status.COMPLETED, Status.FAILED):
-        raise Problem(
-            409,
-            f"the job already {job.status.value}; only pending or processing jobs can be canceled",
-            type="/problems/job-finished",
-        )
+        raise problems.job_finished(job.status.value)
     return job_response(request, JobOut.from_job(job, base_url=base_url(request)))
 
 
-@documented(api_docs.LIST_ANIMALS)
+@documented(docs.LIST_ANIMALS)
 async def list_animals(request: Request) -> Response:
     return JSONResponse(list(ANIMALS))
 
 
-@documented(api_docs.METRICS)
+@documented(docs.METRICS)
 async def metrics_endpoint(request: Request) -> Response:
     state = request.state
     metrics: ServerMetrics = state.metrics
-    with suppress(*db.DATABASE_ERRORS):
+    with suppress(db.Unavailable, db.StatementFailed):
         depth = await generations.queue_depth(state.pool)
         metrics.queue_depth.labels("pending").set(depth["pending"])
         metrics.queue_depth.labels("processing").set(depth["processing"])
@@ -376,46 +346,16 @@ async def openapi_document(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
 
-DOCS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>menagerie API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script src="/docs/swagger-init.js"></script>
-</body></html>"""
-
-DOCS_INIT = 'SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", deepLinking: true});'
-
-REDOC_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>menagerie API</title></head>
-<body><redoc spec-url="/openapi.json"></redoc>
-<script src="/redoc/static/redoc.standalone.js"></script>
-</body></html>"""
-
-
-async def swagger_ui(request: Request) -> Response:
-    return HTMLResponse(DOCS_PAGE)
-
-
-async def swagger_init(request: Request) -> Response:
-    return Response(DOCS_INIT, media_type="text/javascript")
-
-
-async def redoc(request: Request) -> Response:
-    return HTMLResponse(REDOC_PAGE)
-
-
-@documented(api_docs.HEALTHZ)
+@documented(docs.HEALTHZ)
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@documented(api_docs.READYZ)
+@documented(docs.READYZ)
 async def readyz(request: Request) -> Response:
     try:
-        async with request.state.pool.acquire(timeout=2) as conn:
-            migrated = await db.schema_is_migrated(conn, migration_ids=request.state.migration_ids)
-    except db.DATABASE_ERRORS as exc:
+        migrated = await db.schema_is_migrated(request.state.pool, migration_ids=request.state.migration_ids)
+    except db.Unavailable as exc:
         raise Problem(503, f"the database does not answer: {exc}", headers={"Retry-After": "1"}) from None
     if not migrated:
         raise Problem(503, "the database schema is not migrated", headers={"Retry-After": "5"})
@@ -423,15 +363,14 @@ async def readyz(request: Request) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
-    assert settings.database_url, "resolve the database URL before building the app"
     metrics = ServerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         pool = await db.create_pool(
-            settings.database_url, size=settings.db_pool_size, application_name=db.SERVER_APPLICATION
+            settings.database, size=settings.db_pool_size, application_name=db.SERVER_APPLICATION
         )
-        watch = events.JobWatch(settings.database_url)
+        watch = streams.JobWatch(settings.database)
         listening = asyncio.create_task(watch.listener.run())
         try:
             yield {
@@ -439,7 +378,7 @@ def create_app(settings: Settings) -> Starlette:
                 "pool": pool,
                 "migration_ids": migration_ids(),
                 "watch": watch,
-                "backlog": Backlog(settings.max_pending_jobs),
+                "backlog": backlog.Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
             }
@@ -461,11 +400,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
-        Route("/docs", swagger_ui, methods=["GET"]),
-        Route("/docs/swagger-init.js", swagger_init, methods=["GET"]),
-        Mount("/docs/static", StaticFiles(directory=swagger_ui_path)),
-        Route("/redoc", redoc, methods=["GET"]),
-        Mount("/redoc/static", StaticFiles(directory=redoc_assets())),
+        *swagger.routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -490,11 +425,3 @@ API_DESCRIPTION = (
     "`pending` through `processing` to `completed` by polling, by `Prefer: wait`, or as "
     "Server-Sent Events. Errors are RFC 9457 `application/problem+json`."
 )
-
-
-def redoc_assets() -> str:
-    """ReDoc's standalone bundle, shipped by the fastapi-offline package (only its static
-    folder is used; nothing of it is imported)."""
-    spec = importlib.util.find_spec("fastapi_offline")
-    assert spec is not None and spec.submodule_search_locations
-    return str(Path(spec.submodule_search_locations[0]) / "static")

@@ -20,6 +20,7 @@ class _LostRace(Exception):
     """Another request recorded the same key first; undo this one's job."""
 
 
+@db.translated
 async def create_once(
     pool: asyncpg.Pool, *, key: str, fingerprint: str, ttl: float, request: Request
 ) -> tuple[Generation, bool]:
@@ -43,6 +44,7 @@ async def create_once(
             return job, False
 
 
+@db.translated
 async def replay(conn: asyncpg.Connection | asyncpg.Pool, *, key: str, fingerprint: str) -> Generation | None:
     """The job a live Idempotency-Key made, None if the key is unknown or expired;
     IdempotencyConflict if it was used with another body."""
@@ -54,6 +56,7 @@ async def replay(conn: asyncpg.Connection | asyncpg.Pool, *, key: str, fingerpri
     return await generations.get(conn, job_id=existing["job_id"])
 
 
+@db.translated
 async def forget_expired(pool: asyncpg.Pool, *, batch_size: int = 500) -> int:
     """Delete the expired records, `batch_size` per statement; return how many. No lock
     needed: SKIP LOCKED keeps concurrent workers off each other's rows."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,12 +12,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from app import db, request_ids
-from app.models import problem_title
+from app import db
+from app.api import request_ids
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
+
+TITLES = {
+    "/problems/validation-error": "Request did not validate",
+    "/problems/invalid-json": "Body is not a JSON object",
+    "/problems/queue-full": "Too much work queued",
+    "/problems/idempotency-key-reused": "Idempotency-Key reused",
+    "/problems/job-finished": "Job already finished",
+}
+"""Every problem type this service answers besides `about:blank`, with its title."""
+
+
+def problem_title(problem_type: str, status: int) -> str:
+    return TITLES.get(problem_type) or HTTPStatus(status).phrase
 
 
 class Problem(Exception):
@@ -50,6 +64,40 @@ class Problem(Exception):
         )
 
 
+def no_such_job() -> Problem:
+    """An unknown job, a malformed id, or another client's job: all read the same."""
+    return Problem(404, "no such job")
+
+
+def no_such_image() -> Problem:
+    return Problem(404, "no such image")
+
+
+def queue_full(limit: int) -> Problem:
+    return Problem(
+        503,
+        f"{limit} or more jobs are waiting; try again later",
+        type="/problems/queue-full",
+        headers={"Retry-After": "5"},
+    )
+
+
+def key_reused() -> Problem:
+    return Problem(
+        422,
+        "this Idempotency-Key was already used with a different body",
+        type="/problems/idempotency-key-reused",
+    )
+
+
+def job_finished(status: str) -> Problem:
+    return Problem(
+        409,
+        f"the job already {status}; only pending or processing jobs can be canceled",
+        type="/problems/job-finished",
+    )
+
+
 def problem_response(problem: Problem) -> JSONResponse:
     body: dict[str, Any] = {
         "type": problem.type,
@@ -66,17 +114,33 @@ def problem_response(problem: Problem) -> JSONResponse:
 
 
 def validation_problem(exc: ValidationError, *, where: str) -> Problem:
+    """A 422 naming every field that did not validate, in sentences for people: no "Value
+    error," prefix, and the input echoed only in part (a 20 KB field is not sent back twice)."""
     errors = [
-        {"loc": [where, *(str(part) for part in error["loc"])], "msg": error["msg"]}
-        for error in exc.errors(include_url=False)
+        {"loc": [where, *(str(part) for part in error["loc"])], "msg": readable(error["msg"])}
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     first = errors[0]
     detail = first["msg"] if len(first["loc"]) == 1 else f"{first['loc'][-1]}: {first['msg']}"
     return Problem(422, detail, type="/problems/validation-error", errors=errors)
 
 
-async def on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
+MAX_ECHO = 60
+"""Characters of a client's input a problem repeats at most."""
+
+
+def readable(message: str) -> str:
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return message if len(message) <= 200 else message[:200] + "…"
+
+
+def echo(value: str) -> str:
+    """A client's input quoted in a message, cut to MAX_ECHO characters."""
+    shown = value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "…"
+    return repr(shown)
+
+
+async def on_problem(request: Request, exc: Problem) -> Response:
     return problem_response(exc)
 
 
@@ -89,8 +153,7 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-async def on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+async def on_http_exception(request: Request, exc: HTTPException) -> Response:
     detail = {404: "no such resource", 405: f"{request.method} is not allowed here"}.get(
         exc.status_code, str(exc.detail)
     )
@@ -113,11 +176,9 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, Any]:
-    handlers: dict[Any, Any] = {
+    return {
         Problem: on_problem,
         HTTPException: on_http_exception,
+        db.Unavailable: on_database_unavailable,
         Exception: on_unexpected,
     }
-    for error in db.UNAVAILABLE_ERRORS:
-        handlers[error] = on_database_unavailable
-    return handlers

@@ -20,7 +20,7 @@ import asyncpg
 from app.images import generations
 from app.images.generations import Generation
 from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
-from app.models import JobOut
+from app.api.models import JobOut
 from app.queue.kinds import TERMINAL, Status
 
 class JobWatch:

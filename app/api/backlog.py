@@ -1,0 +1,78 @@
+"""Backpressure for POST /generations: refuse new work (503) while MAX_PENDING_JOBS
+generations wait.
+
+The pending count is read at most once a second per process (counted no further than the
+limit, through the claim's index), so refusing work never costs a count(*) per request;
+requests that find it stale while it is being read share that one read. Between reads the
+server counts the jobs it admits itself, so one server never lets more than the limit wait.
+Several servers each see the others' jobs only at their next read: together they can
+overshoot by what the others admit in a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from app.images import generations
+
+
+class Full(Exception):
+    """The limit is reached: refuse the request."""
+
+
+class Backlog:
+    def __init__(self, limit: int, *, max_age: float = 1.0) -> None:
+        self.limit = limit
+        self._max_age = max_age
+        self._count = 0
+        """Waiting jobs: the last read, plus what this server admitted that the read may not
+        have seen (in flight when it began, or admitted since)."""
+        self._in_flight = 0
+        self._admitted_since_read = 0
+        self._read_at = float("-inf")
+        self._reading: asyncio.Future[int] | None = None
+
+    async def full(self, pool: asyncpg.Pool) -> bool:
+        """Whether the limit is reached (reading the count when it is stale)."""
+        if time.monotonic() - self._read_at > self._max_age:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(pool))
+            await asyncio.shield(self._reading)
+        return self._count >= self.limit
+
+    @asynccontextmanager
+    async def admit(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        """Hold a place for one new job while it is created; raises Full when there is none.
+        A creation that fails gives its place back."""
+        if await self.full(pool):
+            raise Full
+        self._count += 1  # no await since the check: concurrent requests cannot both take it
+        self._in_flight += 1
+        self._admitted_since_read += 1
+        try:
+            yield
+        except BaseException:
+            self._count -= 1
+            raise
+        finally:
+            self._in_flight -= 1
+
+    def give_back(self) -> None:
+        """The admitted request created no job after all (an Idempotency-Key replay)."""
+        self._count -= 1
+
+    async def _read(self, pool: asyncpg.Pool) -> int:
+        carried = self._in_flight
+        self._admitted_since_read = 0
+        try:
+            counted = await generations.pending_count(pool, cap=self.limit)
+            self._count = counted + carried + self._admitted_since_read
+            self._read_at = time.monotonic()
+            return self._count
+        finally:
+            self._reading = None
