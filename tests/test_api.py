@@ -294,7 +294,8 @@ async def test_create_rejects_deeply_nested_json_as_a_bad_request(
         "/generations", content=b"[" * 60_000, headers={"Content-Type": "application/json"}
     )
 
-    await rejected(response, 400)
+    problem = await rejected(response, 400)
+    assert problem["detail"] == "the body nests too deeply to be read"
 
 
 @pytest.mark.parametrize(
@@ -355,6 +356,31 @@ async def test_create_rejects_an_animal_not_in_the_catalogue(
 
     problem = await rejected(response, 422)
     assert names(problem, "animal"), problem
+
+
+async def test_validation_problems_read_as_sentences_without_python_internals(
+    client: httpx.AsyncClient, rejected: Rejected
+) -> None:
+    """A 422's detail is the field and a sentence for people: no "Value error," prefix from
+    pydantic, exactly as the README shows it."""
+    response = await client.post("/generations", json={"numImages": MAX_IMAGES + 1})
+
+    problem = await rejected(response, 422)
+    assert problem["detail"] == f"numImages: Input should be less than or equal to {MAX_IMAGES}"
+    assert "Value error" not in response.text and "Traceback" not in response.text
+
+
+async def test_validation_problems_echo_a_huge_input_only_in_part(
+    client: httpx.AsyncClient, rejected: Rejected
+) -> None:
+    """A 20 KB animal name is refused with an answer that quotes at most a short head of it
+    (the answer stays small instead of repeating the input twice)."""
+    response = await client.post("/generations", json={"numImages": 1, "animal": "x" * 20_000})
+
+    problem = await rejected(response, 422)
+    assert names(problem, "animal"), problem
+    assert len(response.content) < 2_000, len(response.content)
+    assert "x" * 40 in response.text  # the head of the input is shown, so the client sees which
 
 
 def padded_body() -> bytes:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from app.images.animals import ANIMALS
-from app.images.providers.render import DRAWERS, render_png
+from app.images.providers.render import DRAWERS, caption, render_png
 
 SEED = bytes.fromhex("5f0c1b9e2a7d4c3e8f6a1b2c3d4e5f60")
 
@@ -104,3 +104,8 @@ def test_catalogue_names_are_lowercase_single_words() -> None:
     """Every catalogue name is a lowercase ASCII word, usable as-is in URLs and JSON."""
     for name in ANIMALS:
         assert name.isascii() and name.isalpha() and name.islower()
+
+
+def test_captions_number_images_as_their_urls_do() -> None:
+    """Image 0.png is captioned #0 and 3.png #3: the picture and its URL use one numbering."""
+    assert [caption(index) for index in (0, 3)] == ["#0", "#3"]

@@ -6,7 +6,8 @@ PNG carries no metadata, so equal inputs always give byte-identical files.
 
 Each image shows a background (gradient plus a pattern of shapes), the
 animal's head (or whole body, for the penguin) with a little jitter in
-position, tilt and scale, a name label and an ``#n`` caption. The background
+position, tilt and scale, a name label and an ``#n`` caption (n is the image's
+index, numbered from 0 as in its URL ``/images/{jobId}/{n}.png``). The background
 hue steps by the golden ratio with the index, so the images of one job are
 visibly distinct from each other.
 """
@@ -572,6 +573,11 @@ def _digest(*parts: bytes) -> bytes:
     return hasher.digest()
 
 
+def caption(index: int) -> str:
+    """The corner caption of image `index`: the API's own numbering, from 0 (image 0.png is #0)."""
+    return f"#{index}"
+
+
 def render_png(animal: str, *, seed: bytes, index: int, size: int = 512) -> bytes:
     """Render image ``index`` (0-based) of a job as a ``size``×``size`` RGB PNG.
 
@@ -597,7 +603,7 @@ def render_png(animal: str, *, seed: bytes, index: int, size: int = 512) -> byte
     draw = ImageDraw.Draw(image)
     _draw_animal(draw, animal, side, rng, shadow=_hsv(hue + 0.05, 0.45, 0.72))
     _pill(draw, (side / 2, side * 0.905), animal.capitalize(), side * 0.075, centred=True)
-    _pill(draw, (side * 0.035, side * 0.035), f"#{index + 1}", side * 0.055, centred=False)
+    _pill(draw, (side * 0.035, side * 0.035), caption(index), side * 0.055, centred=False)
 
     out = io.BytesIO()
     image.reduce(supersample).save(out, format="PNG", optimize=False, compress_level=6)
