@@ -6,13 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lock clean
+.PHONY: run test lint install lock clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m app run
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint and format) and mypy --strict on app/: what .ci/run and the pre-commit hooks run.
+lint: $(VENV)/.linters
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 install: $(VENV)/.installed
 
@@ -26,6 +32,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
+	touch $@
+
+$(VENV)/.linters: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,lint]'
 	touch $@
 
 clean:

@@ -1,10 +1,10 @@
 """The `menagerie` command (also `python -m app`): `server`, `worker`, `migrate`, `run`.
 
-    menagerie server      the HTTP API (uvicorn with uvloop and httptools)
-    menagerie worker      one worker; start as many as you like, on any host
-    menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock)
-    menagerie run         server and one worker (and an embedded PostgreSQL when DATABASE_URL
-                          is unset): what `make run` does; Ctrl-C stops them all
+menagerie server      the HTTP API (uvicorn with uvloop and httptools)
+menagerie worker      one worker; start as many as you like, on any host
+menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock)
+menagerie run         server and one worker (and an embedded PostgreSQL when DATABASE_URL
+                      is unset): what `make run` does; Ctrl-C stops them all
 """
 
 from __future__ import annotations

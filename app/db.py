@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from app.sql import queries
 
@@ -29,6 +30,12 @@ SERVER_APPLICATION = "menagerie-server"
 WORKER_APPLICATION = "menagerie-worker"
 """application_name of each process's connections, as pg_stat_activity shows them."""
 
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+"""A connection, held directly or lent by a pool."""
+
+Executor = Connection | asyncpg.Pool
+"""Anything that runs a statement: a connection, or a pool that lends one for it."""
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -78,7 +85,7 @@ def translated(function: F) -> F:
 T = TypeVar("T")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
+async def _keep_session(conn: Connection) -> None:
     """Pool connections carry no session state (no SET, LISTEN, advisory lock or cursor;
     every statement commits on its own), so there is nothing to reset on release. The default
     reset costs a round trip per use, and raises from `release` when PostgreSQL has just
@@ -122,10 +129,10 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     """Seconds to wait after failure number `attempt` (1-based): `base` doubled per failure up
     to `cap`, then scaled by a random half to whole, so that clients failing together do not
     return together."""
-    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (attempt - 1))
+    return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** (attempt - 1))
 
 
-RETRIED = (*UNAVAILABLE_ERRORS, Unavailable)
+RETRIED: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, Unavailable)
 
 
 async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float) -> T:
@@ -146,7 +153,7 @@ async def with_retries(operation: Callable[[], Awaitable[T]], *, deadline: float
 
 
 @asynccontextmanager
-async def transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def transaction(conn: Connection) -> AsyncIterator[None]:
     """`conn.transaction()`, except that when PostgreSQL drops the connection mid-way, the
     error that dropped it propagates (asyncpg's own would replace it with an InterfaceError
     from trying to roll back on a closed connection, which reads as a bug, not an outage)."""
@@ -166,7 +173,7 @@ async def schema_is_migrated(pool: asyncpg.Pool, *, migration_ids: list[str]) ->
     """Whether every migration has been applied (False on a database without yoyo's table)."""
     async with pool.acquire(timeout=2) as conn:
         try:
-            applied = await conn.fetchval(queries.schema_applied_count, migration_ids)
+            applied: int = await conn.fetchval(queries.schema_applied_count, migration_ids)
         except asyncpg.UndefinedTableError:
             return False
     return applied == len(migration_ids)
@@ -248,7 +255,7 @@ class Listener:
         while not lost.is_set():
             try:
                 await asyncio.wait_for(lost.wait(), self._ping_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await conn.execute(queries.ping, timeout=5)
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from contextvars import ContextVar
-from datetime import datetime, timezone
-
+from datetime import UTC, datetime
 
 EXTRA_FIELDS = ("action", "job_id", "request_id", "worker_id")
 """The `extra=` fields a line carries, text or JSON. Listed, never "every extra", so that nothing large
@@ -29,16 +28,14 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        moment = datetime.fromtimestamp(record.created, UTC)
         entry = {
             "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(
-            (field, getattr(record, field)) for field in EXTRA_FIELDS if hasattr(record, field)
-        )
+        entry.update((field, getattr(record, field)) for field in EXTRA_FIELDS if hasattr(record, field))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

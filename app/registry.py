@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncpg
 
 from app import db
-
 from app.api import idempotency
 from app.images import generate
 from app.images.providers.local import LocalProvider
@@ -42,7 +41,9 @@ def pool_size(settings: Settings) -> int:
 async def serve_worker(settings: Settings) -> None:
     """Run one worker process: every registered kind (or those WORKER_KINDS names) and every
     layer's maintenance rounds, until SIGTERM or SIGINT."""
-    pool = await db.create_pool(settings.database, size=pool_size(settings), application_name=db.WORKER_APPLICATION)
+    pool = await db.create_pool(
+        settings.database, size=pool_size(settings), application_name=db.WORKER_APPLICATION
+    )
     try:
         await serve(settings, pool=pool, registry=kinds(settings, pool), rounds=rounds(settings, pool))
     finally:

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AliasChoices, AnyHttpUrl, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -62,9 +62,7 @@ class KindSettings:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, case_sensitive=False
-    )
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, case_sensitive=False)
 
     database_url: str | None = None
     """`postgresql://…`; unset means an embedded PostgreSQL under `data_dir`."""
@@ -88,7 +86,9 @@ class Settings(BaseSettings):
 
     worker_kinds: Annotated[list[str] | None, NoDecode] = None
     """The kinds of job this worker runs (comma list); None: every registered kind."""
-    worker_concurrency: int = Field(4, ge=1, le=1000, validation_alias=AliasChoices("generate_slots", "worker_concurrency"))
+    worker_concurrency: int = Field(
+        4, ge=1, le=1000, validation_alias=AliasChoices("generate_slots", "worker_concurrency")
+    )
     """Generations one worker runs at once (GENERATE_SLOTS)."""
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_poll_interval: PositiveSeconds = 30.0
@@ -97,7 +97,9 @@ class Settings(BaseSettings):
         3, ge=1, le=100, validation_alias=AliasChoices("generate_max_attempts", "job_max_attempts")
     )
     """Attempts a generation gets (GENERATE_MAX_ATTEMPTS)."""
-    job_timeout: PositiveSeconds = Field(300.0, validation_alias=AliasChoices("generate_timeout", "job_timeout"))
+    job_timeout: PositiveSeconds = Field(
+        300.0, validation_alias=AliasChoices("generate_timeout", "job_timeout")
+    )
     """Seconds one attempt of a generation may run (GENERATE_TIMEOUT)."""
     shutdown_grace: float = Field(25.0, ge=0)
     retry_base_delay: float = Field(1.0, ge=0)
@@ -179,7 +181,7 @@ class Settings(BaseSettings):
             if raw is None:
                 continue
             try:
-                value = parse(raw)  # type: ignore[operator]
+                value = parse(raw)
             except ValueError as exc:
                 raise SettingError(variable, raw, str(exc)) from None
             if not valid(value):
@@ -201,7 +203,7 @@ class Settings(BaseSettings):
         return level
 
 
-def load(**overrides: object) -> Settings:
+def load(**overrides: Any) -> Settings:
     """Read settings; on a bad value print one line naming the variable and exit 2."""
     try:
         return Settings(**overrides)
@@ -220,7 +222,7 @@ def _variable(name: str) -> str:
         if choices and name in choices:
             for choice in choices:
                 if choice.upper() in os.environ or choice in os.environ:
-                    return choice.upper()
+                    return str(choice).upper()
     return name.upper()
 
 

@@ -21,7 +21,7 @@ def parse(text: str) -> dict[str, str]:
     """Split one file into {name: query}, keeping each query's text without the trailing `;`."""
     parts = _HEADER.split(text)
     found: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         query = body.strip().rstrip(";").strip()
         if name in found:
             raise ValueError(f"query {name!r} is defined twice")

@@ -210,9 +210,7 @@ class Peer(abc.ABC):
         self.settings: dict[str, Any] = dict(self.defaults)
         for key, raw in (overrides or {}).items():
             if key not in self.settings:
-                raise KeyError(
-                    f"{self.name} has no setting {key!r}; known: {sorted(self.settings)}"
-                )
+                raise KeyError(f"{self.name} has no setting {key!r}; known: {sorted(self.settings)}")
             default = self.settings[key]
             if isinstance(default, bool):
                 self.settings[key] = raw.lower() in ("1", "true", "yes")
@@ -228,9 +226,7 @@ class Peer(abc.ABC):
         """Install the peer's schema into an empty database."""
 
     @abc.abstractmethod
-    def producer(
-        self, dsn: str, pool_size: int
-    ) -> contextlib.AbstractAsyncContextManager[Producer]:
+    def producer(self, dsn: str, pool_size: int) -> contextlib.AbstractAsyncContextManager[Producer]:
         """Open a producer backed by ``pool_size`` connections."""
 
     @abc.abstractmethod
@@ -357,15 +353,11 @@ class ProcrastinatePeer(Peer):
         # Tasks carry an explicit name, so "App instantiated in __main__" is harmless here.
         logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
         app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(
-                conninfo=dsn, min_size=pool_size, max_size=pool_size
-            )
+            connector=procrastinate.PsycopgConnector(conninfo=dsn, min_size=pool_size, max_size=pool_size)
         )
 
         @app.task(name=self.task_name)
-        async def noop(
-            seq: int | None = None, t_call: float | None = None, warm: bool = False
-        ) -> None:
+        async def noop(seq: int | None = None, t_call: float | None = None, warm: bool = False) -> None:
             PROBE.record(time.time(), {"seq": seq, "t_call": t_call, "warm": warm})
 
         self.task = noop
@@ -454,7 +446,9 @@ class MenageriePeer(Peer):
                 await queue.enqueue(self.pool, [queue.NewJob(kind, args=payload, watched=watched)])
 
             async def enqueue_many(self, payloads: list[dict[str, Any]]) -> None:
-                await queue.enqueue(self.pool, [queue.NewJob(kind, args=p, watched=watched) for p in payloads])
+                await queue.enqueue(
+                    self.pool, [queue.NewJob(kind, args=p, watched=watched) for p in payloads]
+                )
 
         async with asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size) as pool:
             yield _Producer(pool)
@@ -476,7 +470,9 @@ class MenageriePeer(Peer):
             PROBE.record(time.time(), job.args_json)
 
         handler = {"plain": noop, "async": async_noop}[self.settings["handler"]]
-        pool = await db.create_pool(dsn, size=self.settings["pool_size"], application_name=db.WORKER_APPLICATION)
+        pool = await db.create_pool(
+            dsn, size=self.settings["pool_size"], application_name=db.WORKER_APPLICATION
+        )
         worker = Worker(
             pool=pool,
             listen_url=dsn,
@@ -484,7 +480,9 @@ class MenageriePeer(Peer):
             timing=Timing(poll_interval=30, lease_seconds=30, shutdown_grace=25),
         )
         maintenance = Maintenance(
-            queue_rounds(pool, lease_seconds=30, retention_days=0, retention_batch=500, forget={self.kind: None})
+            queue_rounds(
+                pool, lease_seconds=30, retention_days=0, retention_batch=500, forget={self.kind: None}
+            )
         )
         maintaining = asyncio.create_task(maintenance.run())
         run = asyncio.create_task(worker.run())
@@ -584,7 +582,9 @@ class BarePeer(Peer):
                     continue
                 for row in rows:
                     PROBE.record(time.time(), row["payload"])
-                await conn.execute("DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+                await conn.execute(
+                    "DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+                )
             stopping.cancel()
 
     async def remaining(self, conn: asyncpg.Connection) -> int:
@@ -683,9 +683,7 @@ class WorkerHandle:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while True:
-            line = await asyncio.wait_for(
-                self.proc.stdout.readline(), max(0.0, deadline - time.monotonic())
-            )
+            line = await asyncio.wait_for(self.proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
             if not line:
                 raise RuntimeError(f"worker exited (rc={await self.proc.wait()}) before {event!r}")
             with contextlib.suppress(json.JSONDecodeError):
@@ -710,9 +708,7 @@ class WorkerHandle:
 
 
 @contextlib.asynccontextmanager
-async def running_workers(
-    peer: Peer, dsn: str, n: int, probe_mode: str
-) -> AsyncIterator[list[WorkerHandle]]:
+async def running_workers(peer: Peer, dsn: str, n: int, probe_mode: str) -> AsyncIterator[list[WorkerHandle]]:
     """Spawn ``n`` workers, wait until all are ready, yield them (not yet started)."""
     workers = [await WorkerHandle.spawn(peer, dsn, probe_mode) for _ in range(n)]
     try:
@@ -806,8 +802,10 @@ async def pickup_latency(peer: Peer, dsn: str, n: int, interval_s: float) -> dic
         "from_call_p50_ms": round(percentile(from_call, 50), 2),
         "from_call_p99_ms": round(percentile(from_call, 99), 2),
         **(
-            {"db_clock_p50_ms": round(percentile(db_clock, 50), 2),
-             "db_clock_p99_ms": round(percentile(db_clock, 99), 2)}
+            {
+                "db_clock_p50_ms": round(percentile(db_clock, 50), 2),
+                "db_clock_p99_ms": round(percentile(db_clock, 99), 2),
+            }
             if db_clock
             else {}
         ),
@@ -900,16 +898,12 @@ async def measure(
             return await fn(dsn)
 
     if measure == "pickup-idle":
-        figures = await in_fresh_db(
-            lambda dsn: pickup_latency(p, dsn, IDLE_JOBS[size], IDLE_INTERVAL_S)
-        )
+        figures = await in_fresh_db(lambda dsn: pickup_latency(p, dsn, IDLE_JOBS[size], IDLE_INTERVAL_S))
     elif measure == "pickup-300":
         n = int(RATE_JOBS_PER_S * RATE_DURATION_S[size])
         figures = await in_fresh_db(lambda dsn: pickup_latency(p, dsn, n, 1 / RATE_JOBS_PER_S))
     elif measure == "drain":
-        figures = {
-            f"workers_{w}": await drain_once(p, dsn_admin, DRAIN_JOBS[size], w) for w in (1, 2)
-        }
+        figures = {f"workers_{w}": await drain_once(p, dsn_admin, DRAIN_JOBS[size], w) for w in (1, 2)}
     elif measure == "enqueue-rate":
         figures = await in_fresh_db(
             lambda dsn: enqueue_rate(p, dsn, ENQUEUE_PRODUCERS, ENQUEUE_DURATION_S[size])

@@ -241,9 +241,13 @@ async def measure(name: str, *, quick: bool, dsn_admin: str, rotation: bool = Tr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--measure", choices=("mixed", "snapshot", "wake"))
-    parser.add_argument("--rotation", choices=("on", "off"), default="on", help="the queue's partition rotation")
+    parser.add_argument(
+        "--rotation", choices=("on", "off"), default="on", help="the queue's partition rotation"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -256,7 +260,11 @@ def main() -> None:
         return
     rotation = args.rotation == "on"
     figures = uvloop.run(measure(args.measure, quick=args.quick, dsn_admin=args.dsn_admin, rotation=rotation))
-    print(json.dumps({"measure": args.measure, "quick": args.quick, "rotation": args.rotation, "figures": figures}))
+    print(
+        json.dumps(
+            {"measure": args.measure, "quick": args.quick, "rotation": args.rotation, "figures": figures}
+        )
+    )
 
 
 if __name__ == "__main__":

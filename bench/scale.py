@@ -32,10 +32,11 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from peers import DEFAULT_DSN_ADMIN, fresh_database  # noqa: E402
+
 from app import migrate  # noqa: E402
 from app.images import generations  # noqa: E402
 from app.queue import jobs  # noqa: E402
-from peers import DEFAULT_DSN_ADMIN, fresh_database  # noqa: E402
 
 FINISHED = (1_000_000, 50_000)  # full, quick
 ROUNDS = (60, 10)  # full, quick: alternations between the two databases
@@ -81,7 +82,9 @@ async def add_pending(pool: asyncpg.Pool) -> tuple[Any, Any]:
     return (first[49].created_at, first[49].id)
 
 
-async def interleaved(pools: dict[str, asyncpg.Pool], cursors: dict[str, Any], rounds: int) -> dict[str, dict[str, float]]:
+async def interleaved(
+    pools: dict[str, asyncpg.Pool], cursors: dict[str, Any], rounds: int
+) -> dict[str, dict[str, float]]:
     """Median milliseconds per database and operation, the databases taking turns."""
     ops = {label: operations(pool, cursors[label]) for label, pool in pools.items()}
     for label in pools:  # warm plans and caches

@@ -1,7 +1,9 @@
 """HTTP benchmarks of a real menagerie server (uvicorn, uvloop, httptools) under wrk.
 
 * ``post``  - ``POST /generations`` at 64 connections: requests/s and latency percentiles.
-* ``get``   - ``GET /generations/{id}`` of one job at 64 connections.
+* ``get``   - ``GET /generations/{id}`` of one job at 64 connections, and the same request to
+  bench/bare_app.py (bare Starlette + asyncpg running the same statement: the ceiling),
+  alternating, two rounds each; ``vs_bare`` is menagerie's rate over the ceiling's.
 
 The server runs as its own process on a fresh database (no worker, so every job stays
 pending; MAX_PENDING_JOBS is raised so backpressure never answers). wrk runs on the same
@@ -56,8 +58,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def server(dsn: str, extra_env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """A real server.py on a free port (`extra_env` added to its settings); its base URL."""
+async def server(
+    dsn: str, extra_env: dict[str, str] | None = None, *, script: Path = ROOT / "server.py"
+) -> AsyncIterator[str]:
+    """A real server.py (or another ASGI server `script`) on a free port, `extra_env` added to
+    its settings; its base URL once it answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -67,19 +72,19 @@ async def server(dsn: str, extra_env: dict[str, str] | None = None) -> AsyncIter
         "MAX_PENDING_JOBS": "100000000",
         **(extra_env or {}),
     }
-    process = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=tempfile.gettempdir())
+    process = subprocess.Popen([sys.executable, str(script)], env=env, cwd=tempfile.gettempdir())
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=2) as http:
             for _ in range(300):
                 if process.poll() is not None:
-                    raise RuntimeError(f"server.py exited with {process.returncode} before it was ready")
+                    raise RuntimeError(f"{script.name} exited with {process.returncode} before it was ready")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
+                    if (await http.get("/readyz")).status_code in (200, 404):  # 404: bare_app
                         break
                 await asyncio.sleep(0.1)
             else:
-                raise RuntimeError("server.py was not ready within 30 s")
+                raise RuntimeError(f"{script.name} was not ready within 30 s")
         yield base
     finally:
         process.terminate()
@@ -134,17 +139,49 @@ async def measure(
             elif name == "get":
                 async with httpx.AsyncClient(base_url=base) as http:
                     location = (await http.post("/generations", json={"numImages": 1})).headers["location"]
-                figures = await asyncio.to_thread(
-                    wrk, f"{base}{location}", connections=connections, seconds=seconds
-                )
             else:
                 raise ValueError(name)
+        if name == "get":
+            figures = await get_against_bare(
+                dsn, location, quick=quick, connections=connections, extra_env=extra_env
+            )
     return {
         "measure": f"http-{name}",
         "quick": quick,
         "connections": connections,
         "server_env": extra_env or {},
         "figures": figures,
+    }
+
+
+BARE_APP = ROOT / "bench" / "bare_app.py"
+
+
+async def get_against_bare(
+    dsn: str, location: str, *, quick: bool, connections: int, extra_env: dict[str, str] | None
+) -> dict[str, Any]:
+    """GET `location` from menagerie and from the bare app, alternating (bare first), one round
+    each when quick, two otherwise; menagerie's figures are the median round's, with the
+    bare app's as `bare` and the ratio of rates as `vs_bare`."""
+    seconds = DURATION_S[1 if quick else 0]
+    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "menagerie": []}
+    for _ in range(1 if quick else 2):
+        for which, script in (("bare", BARE_APP), ("menagerie", ROOT / "server.py")):
+            async with server(dsn, extra_env if which == "menagerie" else None, script=script) as base:
+                figures = await asyncio.to_thread(
+                    wrk, f"{base}{location}", connections=connections, seconds=seconds
+                )
+            rounds[which].append(figures)
+
+    def middle(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return sorted(runs, key=lambda run: run["requests_per_s"])[(len(runs) - 1) // 2]
+
+    ours, bare = middle(rounds["menagerie"]), middle(rounds["bare"])
+    return {
+        **ours,
+        "bare": bare,
+        "vs_bare": round(ours["requests_per_s"] / bare["requests_per_s"], 2),
+        "rounds": {which: [run["requests_per_s"] for run in runs] for which, runs in rounds.items()},
     }
 
 

@@ -7,13 +7,13 @@ import json
 import os
 import sys
 
+import chores  # tests/ is this script's folder, first on sys.path
 import uvloop
 
 from app import db, settings
 from app.process import prepare
 from app.queue.kinds import configured
 from app.queue.process import serve
-import chores  # tests/ is this script's folder, first on sys.path
 
 
 async def main(config: settings.Settings) -> None:

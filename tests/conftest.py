@@ -31,7 +31,7 @@ from app.queue.kinds import Kind
 from app.queue.maintenance import Maintenance, queue_rounds
 from app.queue.worker import Timing, Worker
 from app.settings import Settings
-from tests.support import TEST_TIMING, make_kind, api_client
+from tests.support import TEST_TIMING, api_client, make_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,7 +135,10 @@ async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitab
         timeout: float = 300,
         url: str | None = None,
     ) -> Worker:
-        built = [kind if isinstance(kind, Kind) else make_kind(kind, slots=concurrency, timeout=timeout) for kind in kinds]
+        built = [
+            kind if isinstance(kind, Kind) else make_kind(kind, slots=concurrency, timeout=timeout)
+            for kind in kinds
+        ]
         url = url or database_url
         pool = await asyncpg.create_pool(url, min_size=1, max_size=sum(kind.slots for kind in built) + 4)
         worker = Worker(pool=pool, listen_url=url, kinds=built, timing=timing)
@@ -149,7 +152,9 @@ async def start_worker(database_url: str) -> AsyncIterator[Callable[..., Awaitab
                 on_reclaimed=worker.metrics.reclaimed,
             )
         )
-        started.append((worker, asyncio.create_task(worker.run()), asyncio.create_task(maintenance.run()), pool))
+        started.append(
+            (worker, asyncio.create_task(worker.run()), asyncio.create_task(maintenance.run()), pool)
+        )
         await asyncio.wait_for(worker.listener.connected.wait(), 10)
         return worker
 

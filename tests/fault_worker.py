@@ -77,9 +77,13 @@ def recording_kinds(pool: asyncpg.Pool, config: Settings) -> list[Kind]:
 
 
 async def main(config: Settings) -> None:
-    pool = await db.create_pool(config.database, size=registry.pool_size(config) + 4, application_name=db.WORKER_APPLICATION)
+    pool = await db.create_pool(
+        config.database, size=registry.pool_size(config) + 4, application_name=db.WORKER_APPLICATION
+    )
     try:
-        await serve(config, pool=pool, registry=recording_kinds(pool, config), rounds=registry.rounds(config, pool))
+        await serve(
+            config, pool=pool, registry=recording_kinds(pool, config), rounds=registry.rounds(config, pool)
+        )
     finally:
         await pool.close()
 

@@ -14,8 +14,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from app import queue
-from app.images import generations
 from app.api import create_app
+from app.images import generations
 from app.queue.kinds import Exponential, Kind
 from app.queue.worker import Timing
 from app.settings import Settings
@@ -60,7 +60,8 @@ async def insert_jobs(
     """Enqueue `count` jobs of `kind` in one statement (one NOTIFY); their ids."""
     return list(
         await queue.enqueue(
-            pool, [queue.NewJob(kind, args=args, max_attempts=max_attempts, watched=watched) for _ in range(count)]
+            pool,
+            [queue.NewJob(kind, args=args, max_attempts=max_attempts, watched=watched) for _ in range(count)],
         )
     )
 
@@ -69,11 +70,15 @@ async def insert_generations(
     pool: asyncpg.Pool, count: int, *, num_images: int = 1, animal: str = "cat", max_attempts: int = 3
 ) -> list[UUID]:
     """Create `count` pending generation jobs in one statement (one NOTIFY); their ids."""
-    created = await generations.create_many(pool, [generations.Request(num_images, animal, max_attempts)] * count)
+    created = await generations.create_many(
+        pool, [generations.Request(num_images, animal, max_attempts)] * count
+    )
     return [job.id for job in created]
 
 
-async def set_status(pool: asyncpg.Pool, job_ids: list[UUID], status: str, *, error: str | None = None) -> None:
+async def set_status(
+    pool: asyncpg.Pool, job_ids: list[UUID], status: str, *, error: str | None = None
+) -> None:
     """Move waiting jobs straight to `status` in the database, as if a worker had got that far:
     `processing` (claimed by worker `w-test`), or a finished status (completed, failed,
     canceled) with its record in finished_jobs."""

@@ -28,9 +28,7 @@ from tests.support import api_client, insert_generations
 
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
-JOB_FIELDS = {
-    "jobId", "status", "numImages", "animal", "imageUrls", "createdAt", "updatedAt", "error"
-}
+JOB_FIELDS = {"jobId", "status", "numImages", "animal", "imageUrls", "createdAt", "updatedAt", "error"}
 EXTRA_JOB_FIELDS = {"attempts", "startedAt", "finishedAt"}
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -243,9 +241,7 @@ async def test_create_keeps_the_animal_the_client_named(create_job: CreateJob) -
 
 
 @pytest.mark.smoke
-async def test_create_writes_the_row_it_answers_with(
-    pool: asyncpg.Pool, create_job: CreateJob
-) -> None:
+async def test_create_writes_the_row_it_answers_with(pool: asyncpg.Pool, create_job: CreateJob) -> None:
     """The job POST /generations answers with is what it wrote: its job and its generation."""
     job = await create_job(numImages=4)
 
@@ -270,18 +266,35 @@ async def test_create_accepts_the_maximum_number_of_images(create_job: CreateJob
 @pytest.mark.parametrize(
     "body",
     [
-        b"", b"{", b"numImages=3", b'{"numImages": 1,}', b"\xff\xfe\x00",
-        b'[{"numImages": 1}]', b'"numImages"', b"3", b"null", b"true",
+        b"",
+        b"{",
+        b"numImages=3",
+        b'{"numImages": 1,}',
+        b"\xff\xfe\x00",
+        b'[{"numImages": 1}]',
+        b'"numImages"',
+        b"3",
+        b"null",
+        b"true",
     ],
-    ids=["empty", "truncated", "form", "trailing-comma", "not-utf8", "list", "string", "number", "null", "bool"],
+    ids=[
+        "empty",
+        "truncated",
+        "form",
+        "trailing-comma",
+        "not-utf8",
+        "list",
+        "string",
+        "number",
+        "null",
+        "bool",
+    ],
 )
 async def test_create_rejects_a_body_that_is_not_a_json_object(
     client: httpx.AsyncClient, rejected: Rejected, body: bytes
 ) -> None:
     """A body that is not JSON, or JSON that is not an object, is answered 400."""
-    response = await client.post(
-        "/generations", content=body, headers={"Content-Type": "application/json"}
-    )
+    response = await client.post("/generations", content=body, headers={"Content-Type": "application/json"})
 
     await rejected(response, 400)
 
@@ -345,9 +358,7 @@ async def test_create_rejects_an_unknown_field_naming_it(
     assert names(problem, field), problem
 
 
-@pytest.mark.parametrize(
-    "animal", ["unicorn", "", "Cat", 7], ids=["unknown", "empty", "case", "number"]
-)
+@pytest.mark.parametrize("animal", ["unicorn", "", "Cat", 7], ids=["unknown", "empty", "case", "number"])
 async def test_create_rejects_an_animal_not_in_the_catalogue(
     client: httpx.AsyncClient, rejected: Rejected, animal: Any
 ) -> None:
@@ -414,9 +425,7 @@ async def test_create_rejects_a_body_over_64_kib(
 
 
 @pytest.mark.smoke
-async def test_get_returns_the_job(
-    client: httpx.AsyncClient, create_job: CreateJob
-) -> None:
+async def test_get_returns_the_job(client: httpx.AsyncClient, create_job: CreateJob) -> None:
     """GET /generations/{jobId} answers 200 with the job as it was created."""
     created = await create_job(numImages=2, animal="owl")
 
@@ -441,9 +450,7 @@ async def test_get_answers_404_for_an_unknown_or_malformed_id(
 # GET /generations
 
 
-async def test_list_returns_jobs_newest_first(
-    client: httpx.AsyncClient, create_job: CreateJob
-) -> None:
+async def test_list_returns_jobs_newest_first(client: httpx.AsyncClient, create_job: CreateJob) -> None:
     """GET /generations answers 200 with a JSON array of job objects, newest first."""
     created = [await create_job() for _ in range(3)]
 
@@ -458,9 +465,7 @@ async def test_list_returns_jobs_newest_first(
     assert next_link(response) is None
 
 
-async def test_list_returns_at_most_50_by_default(
-    client: httpx.AsyncClient, insert_jobs: InsertJobs
-) -> None:
+async def test_list_returns_at_most_50_by_default(client: httpx.AsyncClient, insert_jobs: InsertJobs) -> None:
     """Without ?limit a page holds 50 jobs, and a next page is announced when there are more."""
     await insert_jobs(51)
 
@@ -471,9 +476,7 @@ async def test_list_returns_at_most_50_by_default(
     assert next_link(response) is not None
 
 
-async def test_list_pages_cover_every_job_once_in_order(
-    create_job: CreateJob, paginate: Paginate
-) -> None:
+async def test_list_pages_cover_every_job_once_in_order(create_job: CreateJob, paginate: Paginate) -> None:
     """Following `Link: rel="next"` from ?limit=2 visits every job once, newest first, and the
     last page announces no next."""
     created = [(await create_job())["jobId"] for _ in range(5)]
@@ -609,9 +612,7 @@ async def test_image_revalidation_with_its_etag_answers_304_without_a_body(
     job = await create_job()
     _, digest = await store_image(job["jobId"], 0)
 
-    response = await client.get(
-        f"/images/{job['jobId']}/0.png", headers={"If-None-Match": f'"{digest}"'}
-    )
+    response = await client.get(f"/images/{job['jobId']}/0.png", headers={"If-None-Match": f'"{digest}"'})
 
     assert response.status_code == 304
     assert response.content == b""
@@ -713,9 +714,7 @@ async def test_readyz_answers_503_on_a_database_without_the_schema(empty_databas
 # Routing
 
 
-async def test_unknown_path_answers_404_problem(
-    client: httpx.AsyncClient, rejected: Rejected
-) -> None:
+async def test_unknown_path_answers_404_problem(client: httpx.AsyncClient, rejected: Rejected) -> None:
     """A path the service does not have is a 404 problem+json."""
     response = await client.get("/no/such/thing")
 

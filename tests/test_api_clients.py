@@ -158,9 +158,7 @@ async def small_queue_client(settings: Settings) -> AsyncIterator[httpx.AsyncCli
         yield http
 
 
-async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_below(
-    small_queue_client, pool
-):
+async def test_backpressure_refuses_work_past_the_pending_limit_and_accepts_below(small_queue_client, pool):
     """With MAX_PENDING_JOBS pending, POST answers 503 problem+json with Retry-After and writes
     nothing; once the queue drains below the limit, POST is accepted again."""
     for _ in range(3):
@@ -199,9 +197,7 @@ async def test_a_backlog_of_another_kind_never_refuses_a_generation(small_queue_
         assert (await post(small_queue_client, {"numImages": 1})).status_code == 202
 
 
-async def transactions_for(
-    settings: Settings, pool: asyncpg.Pool, requests: int, **update: Any
-) -> list[int]:
+async def transactions_for(settings: Settings, pool: asyncpg.Pool, requests: int, **update: Any) -> list[int]:
     """POST `requests` jobs at once to an app with `update` applied to its settings; return
     how many jobs each transaction that wrote them wrote."""
     await pool.execute("TRUNCATE job_queue, finished_jobs, generations CASCADE")

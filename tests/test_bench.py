@@ -39,9 +39,21 @@ def bench(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = tmp_path_factory.mktemp("bench") / "results.json"
     env = {**os.environ, "BENCH_DSN_ADMIN": admin_url}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--no-write",
-         "--peers", ",".join(PEERS), "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run_all.py"),
+            "--quick",
+            "--no-write",
+            "--peers",
+            ",".join(PEERS),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"table": done.stdout, "measures": json.loads(out.read_text())["measures"]}

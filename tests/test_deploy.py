@@ -187,7 +187,11 @@ def test_every_container_command_is_one_the_readme_documents() -> None:
     """The commands the image and compose run are the ones the README tells people to run."""
     readme = (ROOT / "README.md").read_text()
     services = _services()
-    for argv in (_dockerfile_cmd(), _as_argv(services["worker"]["command"]), _as_argv(services["migrate"]["command"])):
+    for argv in (
+        _dockerfile_cmd(),
+        _as_argv(services["worker"]["command"]),
+        _as_argv(services["migrate"]["command"]),
+    ):
         assert " ".join(argv) in readme, argv
 
 
@@ -207,7 +211,7 @@ def test_the_image_installs_the_lock_and_the_wheel_as_a_non_root_user() -> None:
     instructions = _dockerfile_instructions()
     stages = [args for keyword, args in instructions if keyword == "FROM"]
     assert len(stages) == 2 and all(stage.startswith("python:3.11-slim") for stage in stages)
-    final = instructions[[keyword for keyword, _ in instructions].index("FROM", 1):]
+    final = instructions[[keyword for keyword, _ in instructions].index("FROM", 1) :]
     runs = " ".join(args for keyword, args in final if keyword == "RUN")
     assert "--require-hashes" in runs and "requirements.lock" in runs
     assert "/tmp/wheels/*.whl" in runs and "pip check" in runs
@@ -236,3 +240,22 @@ def test_pgadmin_asks_for_a_login() -> None:
     environment = _services()["pgadmin"]["environment"]
     assert "PGADMIN_CONFIG_SERVER_MODE" not in environment
     assert environment["PGADMIN_DEFAULT_EMAIL"] and environment["PGADMIN_DEFAULT_PASSWORD"]
+
+
+def test_pre_commit_runs_the_lint_targets_tools_locally() -> None:
+    """Every pre-commit hook is a `repo: local` hook running a tool from the project's venv
+    (nothing fetched from a git host), and together they run what `make lint` runs."""
+    config = _load_yaml((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    assert {repo["repo"] for repo in config["repos"]} == {"local"}
+    assert all(hook["entry"].startswith(".venv/bin/") for hook in hooks)
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+
+    def words(command: str) -> set[str]:
+        return {word for word in command.split() if word != "."}
+
+    entries = [words(hook["entry"].removeprefix(".venv/bin/")) for hook in hooks]
+    for line in lint.splitlines()[1:]:
+        command = words(line.strip().removeprefix("$(BIN)/"))
+        assert any(command <= entry for entry in entries), command

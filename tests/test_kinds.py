@@ -22,10 +22,19 @@ from tests.support import free_port, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def chore(pool: asyncpg.Pool, *plan: str, max_attempts: int = 3, kind: str = "chore", args=None) -> UUID:
+async def chore(
+    pool: asyncpg.Pool, *plan: str, max_attempts: int = 3, kind: str = "chore", args=None
+) -> UUID:
     [job] = await queue.enqueue(
         pool,
-        [queue.NewJob(kind, args={"plan": list(plan)} if args is None else args, max_attempts=max_attempts, watched=True)],
+        [
+            queue.NewJob(
+                kind,
+                args={"plan": list(plan)} if args is None else args,
+                max_attempts=max_attempts,
+                watched=True,
+            )
+        ],
     )
     return job
 
@@ -35,7 +44,9 @@ async def finished(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record | None:
 
 
 async def events(pool: asyncpg.Pool, job_id: UUID) -> list[tuple[str, object]]:
-    rows = await pool.fetch("SELECT type, data, at FROM job_events WHERE job_id = $1 ORDER BY version", job_id)
+    rows = await pool.fetch(
+        "SELECT type, data, at FROM job_events WHERE job_id = $1 ORDER BY version", job_id
+    )
     return [(row["type"], json.loads(row["data"]) if row["data"] else None, row["at"]) for row in rows]
 
 
@@ -48,7 +59,9 @@ def worker_counts(text: str) -> dict[tuple[str, str], float]:
     }
 
 
-async def test_a_second_kind_runs_through_a_real_worker_with_no_image_code(database_url, pool, spawn, tmp_path):
+async def test_a_second_kind_runs_through_a_real_worker_with_no_image_code(
+    database_url, pool, spawn, tmp_path
+):
     """A worker process built from the queue and the test kinds alone runs every outcome a
     handler can report (done, retry with the kind's backoff or a given delay, fail, crash,
     timeout), keeps a job running past its lease, stops a canceled one, hands one back at
@@ -81,7 +94,9 @@ async def test_a_second_kind_runs_through_a_real_worker_with_no_image_code(datab
     everything = [ok, retried, waited, failed, crashed, hung, long, *ticks, bad_tick]
 
     async def all_finished() -> bool:
-        return await pool.fetchval("SELECT count(*) FROM finished_jobs WHERE id = ANY($1)", everything) == len(everything)
+        return await pool.fetchval(
+            "SELECT count(*) FROM finished_jobs WHERE id = ANY($1)", everything
+        ) == len(everything)
 
     await wait_for(all_finished, timeout=30, interval=0.1)
     assert (await finished(pool, ok))["status"] == "completed"
@@ -102,7 +117,9 @@ async def test_a_second_kind_runs_through_a_real_worker_with_no_image_code(datab
     assert {row["status"]: row["count"] for row in statuses} == {"completed": 100, "failed": 1}
 
     canceled = await chore(pool, "sleep:10")
-    await wait_for(lambda: pool.fetchval("SELECT worker_id IS NOT NULL FROM job_queue WHERE id = $1", canceled))
+    await wait_for(
+        lambda: pool.fetchval("SELECT worker_id IS NOT NULL FROM job_queue WHERE id = $1", canceled)
+    )
     assert await queue.jobs.cancel(pool, job_id=canceled) == "processing"
     async with httpx.AsyncClient(timeout=2) as http:
 

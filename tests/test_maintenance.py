@@ -41,7 +41,9 @@ async def test_a_round_that_raises_is_logged_with_its_traceback_and_runs_again(c
     async def steady() -> None:
         calls["steady"] += 1
 
-    maintenance = Maintenance([Round("flaky", 0.05, flaky), Round("steady", 0.05, steady)], on_failure=failures.append)
+    maintenance = Maintenance(
+        [Round("flaky", 0.05, flaky), Round("steady", 0.05, steady)], on_failure=failures.append
+    )
     with caplog.at_level(logging.ERROR, logger="app.queue.maintenance"):
         running = asyncio.create_task(maintenance.run())
         try:
@@ -50,7 +52,9 @@ async def test_a_round_that_raises_is_logged_with_its_traceback_and_runs_again(c
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
     assert failures == ["flaky"]
-    [record] = [record for record in caplog.records if record.getMessage() == "maintenance round flaky failed"]
+    [record] = [
+        record for record in caplog.records if record.getMessage() == "maintenance round flaky failed"
+    ]
     assert record.exc_info is not None and record.exc_info[0] is KeyError
 
 

@@ -69,19 +69,56 @@ async def test_a_scripted_run_shows_exactly_its_counts_on_worker_and_server(clie
 
     values = samples(generate_latest(worker.metrics.registry).decode())
     generate = ("kind", "generate")
-    jobs = {event: values[("menagerie_worker_jobs_total", (("event", event), generate))] for event in
-            ("claimed", "completed", "failed", "retried", "canceled", "reclaimed", "handed_back", "lost")}
-    assert jobs == {"claimed": 5, "completed": 2, "failed": 1, "retried": 1, "canceled": 1,
-                    "reclaimed": 0, "handed_back": 0, "lost": 0}
+    jobs = {
+        event: values[("menagerie_worker_jobs_total", (("event", event), generate))]
+        for event in (
+            "claimed",
+            "completed",
+            "failed",
+            "retried",
+            "canceled",
+            "reclaimed",
+            "handed_back",
+            "lost",
+        )
+    }
+    assert jobs == {
+        "claimed": 5,
+        "completed": 2,
+        "failed": 1,
+        "retried": 1,
+        "canceled": 1,
+        "reclaimed": 0,
+        "handed_back": 0,
+        "lost": 0,
+    }
     assert values[("menagerie_worker_pickup_seconds_count", (generate,))] == 5
     assert values[("menagerie_worker_run_seconds_count", (generate,))] == 5
     assert values[("menagerie_worker_jobs_in_flight", (generate,))] == 0
     assert values[("menagerie_worker_claim_seconds_count", ())] >= 4
 
     server = samples((await client.get("/metrics")).text)
-    assert server[("menagerie_http_requests_total", (("method", "POST"), ("route", "/generations"), ("status", "202")))] == 4
-    assert server[("menagerie_http_requests_total", (("method", "POST"), ("route", "/generations/{job_id}/cancel"), ("status", "200")))] == 1
-    assert server[("menagerie_http_request_seconds_count", (("method", "POST"), ("route", "/generations")))] == 4
+    assert (
+        server[
+            (
+                "menagerie_http_requests_total",
+                (("method", "POST"), ("route", "/generations"), ("status", "202")),
+            )
+        ]
+        == 4
+    )
+    assert (
+        server[
+            (
+                "menagerie_http_requests_total",
+                (("method", "POST"), ("route", "/generations/{job_id}/cancel"), ("status", "200")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        server[("menagerie_http_request_seconds_count", (("method", "POST"), ("route", "/generations")))] == 4
+    )
     assert server[("menagerie_queue_jobs", (("status", "pending"),))] == 0
     assert server[("menagerie_queue_jobs", (("status", "processing"),))] == 0
     assert server[("menagerie_queue_oldest_pending_seconds", ())] == 0
@@ -122,15 +159,23 @@ async def test_unknown_paths_are_counted_without_their_path(client):
     """Requests to unknown paths count under route="unmatched", so ids never become labels."""
     await client.get("/no/such/thing/123")
     server = samples((await client.get("/metrics")).text)
-    assert server[("menagerie_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
+    assert (
+        server[
+            ("menagerie_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))
+        ]
+        == 1
+    )
 
 
 async def test_a_worker_process_serves_its_metrics_on_its_port(database_url, spawn):
     """worker.py with WORKER_METRICS_PORT serves Prometheus text there, listener included."""
     port = free_port()
-    spawn("worker.py", env={"DATABASE_URL": database_url, "AUTO_MIGRATE": "false",
-                            "WORKER_METRICS_PORT": str(port)})
+    spawn(
+        "worker.py",
+        env={"DATABASE_URL": database_url, "AUTO_MIGRATE": "false", "WORKER_METRICS_PORT": str(port)},
+    )
     async with httpx.AsyncClient(timeout=2) as http:
+
         async def serving() -> bool:
             try:
                 return (await http.get(f"http://127.0.0.1:{port}/metrics")).status_code == 200

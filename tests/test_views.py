@@ -60,7 +60,9 @@ async def add_job(
     `run` defaults to `created`."""
     if status in ("pending", "processing"):
         run = created if run is None else run
-        return await pool.fetchval(INSERT_WAITING, kind, attempts, error, worker_id, created, run, started, lease)
+        return await pool.fetchval(
+            INSERT_WAITING, kind, attempts, error, worker_id, created, run, started, lease
+        )
     return await pool.fetchval(INSERT_FINISHED, kind, status, attempts, error, created, started, finished)
 
 
@@ -87,28 +89,50 @@ async def scene(pool: asyncpg.Pool) -> Scene:
     return Scene(
         pending_old=await add_job(pool, created=-10 * MINUTE),
         pending_new=await add_job(pool),
-        retrying=await add_job(
-            pool, created=-2 * MINUTE, run=10.0, attempts=1, error="the model is on fire"
-        ),
+        retrying=await add_job(pool, created=-2 * MINUTE, run=10.0, attempts=1, error="the model is on fire"),
         expired=await add_job(
-            pool, status="processing", created=-3 * MINUTE, started=-2 * MINUTE, lease=-MINUTE,
-            attempts=1, worker_id="w-stale",
+            pool,
+            status="processing",
+            created=-3 * MINUTE,
+            started=-2 * MINUTE,
+            lease=-MINUTE,
+            attempts=1,
+            worker_id="w-stale",
         ),
         healthy=await add_job(
-            pool, status="processing", created=-MINUTE, started=-10.0, lease=20.0, attempts=1,
+            pool,
+            status="processing",
+            created=-MINUTE,
+            started=-10.0,
+            lease=20.0,
+            attempts=1,
             worker_id="w-fresh",
         ),
         long_running=await add_job(
-            pool, status="processing", created=-20 * MINUTE, started=-8 * MINUTE, lease=20.0,
-            attempts=1, worker_id="w-fresh",
+            pool,
+            status="processing",
+            created=-20 * MINUTE,
+            started=-8 * MINUTE,
+            lease=20.0,
+            attempts=1,
+            worker_id="w-fresh",
         ),
         completed=await add_job(
-            pool, status="completed", created=-90 * MINUTE, started=-89 * MINUTE,
-            finished=-88 * MINUTE, attempts=1,
+            pool,
+            status="completed",
+            created=-90 * MINUTE,
+            started=-89 * MINUTE,
+            finished=-88 * MINUTE,
+            attempts=1,
         ),
         failed=await add_job(
-            pool, status="failed", created=-40 * MINUTE, started=-31 * MINUTE,
-            finished=-30 * MINUTE, attempts=3, error="out of attempts",
+            pool,
+            status="failed",
+            created=-40 * MINUTE,
+            started=-31 * MINUTE,
+            finished=-30 * MINUTE,
+            attempts=3,
+            error="out of attempts",
         ),
         canceled=await add_job(pool, status="canceled", created=-5 * MINUTE, finished=-4 * MINUTE),
         other_kind=await add_job(pool, kind="webhook", created=-30 * MINUTE),
@@ -129,16 +153,18 @@ async def test_queue_summary_lists_all_five_statuses_of_a_kind_even_with_no_jobs
     ]
 
 
-async def test_queue_summary_counts_each_status_and_how_long_the_head_of_the_queue_waited(
-    pool, scene
-):
+async def test_queue_summary_counts_each_status_and_how_long_the_head_of_the_queue_waited(pool, scene):
     """queue_summary counts jobs per kind and status with the age of the oldest, and for
     pending how many are due and how long the longest-due one has waited (a retry not yet due
     is left out)."""
     rows = {(row["kind"], row["status"]): row for row in await pool.fetch("SELECT * FROM queue_summary")}
     generate = {status: row for (kind, status), row in rows.items() if kind == "generate"}
     assert {status: row["jobs"] for status, row in generate.items()} == {
-        "pending": 3, "processing": 3, "completed": 1, "failed": 1, "canceled": 1,
+        "pending": 3,
+        "processing": 3,
+        "completed": 1,
+        "failed": 1,
+        "canceled": 1,
     }
     pending = generate["pending"]
     assert pending["due"] == 2
@@ -194,7 +220,9 @@ async def test_the_jobs_view_shows_waiting_running_and_finished_jobs_alike(pool,
     rows = {row["id"]: row for row in await pool.fetch("SELECT * FROM jobs")}
     assert len(rows) == 10
     assert rows[scene.healthy]["status"] == "processing"
-    assert rows[scene.healthy]["worker_id"] == "w-fresh" and rows[scene.healthy]["lease_expires_at"] is not None
+    assert (
+        rows[scene.healthy]["worker_id"] == "w-fresh" and rows[scene.healthy]["lease_expires_at"] is not None
+    )
     assert rows[scene.healthy]["attempts"] == 1 and rows[scene.healthy]["started_at"] is not None
     assert rows[scene.retrying]["status"] == "pending" and rows[scene.completed]["status"] == "completed"
     assert rows[scene.canceled]["finished_at"] is not None and rows[scene.pending_new]["finished_at"] is None

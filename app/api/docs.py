@@ -3,7 +3,6 @@ with an example. Attached to the endpoints in app/api.py with `@documented(...)`
 
 from __future__ import annotations
 
-
 from app.api.models import (
     EXAMPLE_JOB,
     MAX_BODY_BYTES,
@@ -11,10 +10,10 @@ from app.api.models import (
     MAX_WAIT_SECONDS,
     GenerationRequest,
     JobOut,
-    JobStatus,
     ListQuery,
 )
 from app.api.openapi import Header, Operation, Param, Reply
+from app.queue.kinds import Status as JobStatus
 
 UUID_SCHEMA = {"type": "string"}
 LIST_QUERY = {
@@ -78,8 +77,14 @@ CREATE_GENERATION = Operation(
         202: Reply(
             "Accepted: the job (completed already when `Prefer: wait` allowed it)",
             model=JobOut,
-            example={**EXAMPLE_JOB, "status": "pending", "imageUrls": [], "attempts": 0,
-                     "startedAt": None, "finishedAt": None},
+            example={
+                **EXAMPLE_JOB,
+                "status": "pending",
+                "imageUrls": [],
+                "attempts": 0,
+                "startedAt": None,
+                "finishedAt": None,
+            },
             headers={
                 "Location": LOCATION,
                 "ETag": JOB_ETAG,
@@ -136,7 +141,7 @@ GET_GENERATION = Operation(
 LIST_GENERATIONS = Operation(
     summary="List jobs, newest first",
     description=(
-        "A page of jobs. When there are more, a `Link: <…>; rel=\"next\"` header gives the next "
+        'A page of jobs. When there are more, a `Link: <…>; rel="next"` header gives the next '
         "page's URL. Unknown query parameters are ignored."
     ),
     params=(
@@ -196,7 +201,9 @@ CANCEL_GENERATION = Operation(
         404: NOT_FOUND,
         409: Reply(
             "The job already completed or failed",
-            problems={"/problems/job-finished": "the job already completed; only pending or processing jobs can be canceled"},
+            problems={
+                "/problems/job-finished": "the job already completed; only pending or processing jobs can be canceled"
+            },
         ),
         503: UNAVAILABLE,
     },
@@ -216,24 +223,26 @@ JOB_EVENTS = Operation(
     replies={
         200: Reply(
             "The event stream; each event's data is the whole job",
-            content={"text/event-stream": {
-                "type": "object",
-                "properties": {
-                    "event": {"type": "string", "enum": ["job", "status", "image"]},
-                    "id": {"type": "string", "pattern": "^[a-z]+\\.[0-9]+$"},
-                    "data": {
-                        "type": "string",
-                        "contentMediaType": "application/json",
-                        "contentSchema": {"$ref": "#/components/schemas/JobOut"},
+            content={
+                "text/event-stream": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "enum": ["job", "status", "image"]},
+                        "id": {"type": "string", "pattern": "^[a-z]+\\.[0-9]+$"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobOut"},
+                        },
                     },
-                },
-                "required": ["event", "id", "data"],
-            }},
+                    "required": ["event", "id", "data"],
+                }
+            },
             example=(
                 'event: job\nid: pending.0\ndata: {"jobId": "6f1c…", "status": "pending", …}\n\n'
-                'event: status\nid: processing.0\ndata: {…}\n\n'
-                'event: image\nid: processing.1\ndata: {…}\n\n'
-                'event: status\nid: completed.2\ndata: {…}\n\n'
+                "event: status\nid: processing.0\ndata: {…}\n\n"
+                "event: image\nid: processing.1\ndata: {…}\n\n"
+                "event: status\nid: completed.2\ndata: {…}\n\n"
             ),
         ),
         404: NOT_FOUND,
@@ -255,7 +264,9 @@ GET_IMAGE = Operation(
             "The PNG",
             content={"image/png": {"type": "string", "contentMediaType": "image/png"}},
             headers={
-                "ETag": Header("sha256 of the PNG", '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'),
+                "ETag": Header(
+                    "sha256 of the PNG", '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'
+                ),
                 "Cache-Control": Header("Immutable", "public, max-age=31536000, immutable"),
             },
         ),

@@ -45,7 +45,7 @@ async def create_once(
 
 
 @db.translated
-async def replay(conn: asyncpg.Connection | asyncpg.Pool, *, key: str, fingerprint: str) -> Generation | None:
+async def replay(conn: db.Executor, *, key: str, fingerprint: str) -> Generation | None:
     """The job a live Idempotency-Key made, None if the key is unknown or expired;
     IdempotencyConflict if it was used with another body."""
     existing = await conn.fetchrow(queries.idempotency_get, key)
@@ -62,7 +62,7 @@ async def forget_expired(pool: asyncpg.Pool, *, batch_size: int = 500) -> int:
     needed: SKIP LOCKED keeps concurrent workers off each other's rows."""
     forgotten = 0
     while True:
-        count = await pool.fetchval(queries.idempotency_delete_expired, batch_size)
+        count: int = await pool.fetchval(queries.idempotency_delete_expired, batch_size)
         forgotten += count
         if count < batch_size:
             return forgotten

@@ -40,9 +40,7 @@ class WorkerMetrics:
             buckets=RUN_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
-            "menagerie_worker_jobs_in_flight", "Jobs running now", registry=self.registry
-        )
+        self.in_flight = Gauge("menagerie_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
         self.listener_reconnects = Counter(
             "menagerie_worker_listener_reconnects",
             "Times the LISTEN connection was lost and made again",
@@ -90,6 +88,7 @@ class HttpMetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self._timers: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     def _timer(self, template: str, method: str) -> Any:
         """The histogram child for a route and method (labels() is slow enough to cache)."""
@@ -116,7 +115,15 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, record)
         finally:
-            self.metrics.requests.labels(_template(scope), scope["method"], str(status)).inc()
+            self._counter(_template(scope), scope["method"], status).inc()
+
+    def _counter(self, template: str, method: str, status: int) -> Any:
+        """The request counter's child for a route, method and status, looked up once."""
+        key = (template, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(template, method, str(status))
+        return counter
 
 
 def _template(scope: Scope) -> str:

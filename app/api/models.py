@@ -36,9 +36,7 @@ class GenerationRequest(BaseModel):
 
     # Validate with context={"max_images": N} to apply the configured maximum.
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra={"examples": [{"numImages": 3}]}
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"numImages": 3}]})
 
     num_images: int = Field(alias="numImages", ge=1, description="How many images, 1 to MAX_IMAGES_PER_JOB")
     animal: str | None = Field(
@@ -73,7 +71,7 @@ class ListQuery(BaseModel):
     cursor: str | None = None
 
 
-EXAMPLE_JOB = {
+EXAMPLE_JOB: dict[str, Any] = {
     "jobId": "6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11",
     "status": "completed",
     "numImages": 2,
@@ -145,4 +143,3 @@ class ProblemOut(BaseModel):
     request_id: str | None = Field(
         None, serialization_alias="requestId", description="The request's X-Request-ID"
     )
-

@@ -93,7 +93,9 @@ def _problem_reply(status: int, reply: Reply) -> dict[str, Any]:
         }
         for problem_type, detail in reply.problems.items()
     }
-    return {"application/problem+json": {"schema": {"$ref": REF.format(model="ProblemOut")}, "examples": examples}}
+    return {
+        "application/problem+json": {"schema": {"$ref": REF.format(model="ProblemOut")}, "examples": examples}
+    }
 
 
 def _reply(status: int, reply: Reply) -> dict[str, Any]:
@@ -151,9 +153,12 @@ def _operation(op: Operation, operation_id: str) -> dict[str, Any]:
     return rendered
 
 
-def _schemas(models: Iterable[tuple[type[BaseModel], Literal["validation", "serialization"]]]) -> dict[str, Any]:
+def _schemas(
+    models: Iterable[tuple[type[BaseModel], Literal["validation", "serialization"]]],
+) -> dict[str, Any]:
     _, top = models_json_schema(list(models), ref_template=REF)
-    return top.get("$defs", {})
+    defs: dict[str, Any] = top.get("$defs", {})
+    return defs
 
 
 def build(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -43,7 +44,7 @@ class Problem(Exception):
         *,
         type: str = "about:blank",
         errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -51,7 +52,7 @@ class Problem(Exception):
         self.type = type
         self.title = problem_title(type, status)
         self.errors = errors
-        self.headers = headers
+        self.headers = dict(headers) if headers else None
 
     @classmethod
     def invalid(cls, loc: list[str], msg: str) -> Problem:
@@ -116,12 +117,12 @@ def problem_response(problem: Problem) -> JSONResponse:
 def validation_problem(exc: ValidationError, *, where: str) -> Problem:
     """A 422 naming every field that did not validate, in sentences for people: no "Value
     error," prefix, and the input echoed only in part (a 20 KB field is not sent back twice)."""
-    errors = [
+    errors: list[dict[str, Any]] = [
         {"loc": [where, *(str(part) for part in error["loc"])], "msg": readable(error["msg"])}
         for error in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
-    first = errors[0]
-    detail = first["msg"] if len(first["loc"]) == 1 else f"{first['loc'][-1]}: {first['msg']}"
+    loc, message = errors[0]["loc"], errors[0]["msg"]
+    detail = message if len(loc) == 1 else f"{loc[-1]}: {message}"
     return Problem(422, detail, type="/problems/validation-error", errors=errors)
 
 

@@ -17,11 +17,12 @@ from uuid import UUID
 
 import asyncpg
 
+from app.api.models import JobOut
+from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
 from app.images import generations
 from app.images.generations import Generation
-from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
-from app.api.models import JobOut
 from app.queue.kinds import TERMINAL, Status
+
 
 class JobWatch:
     def __init__(self, url: str) -> None:
@@ -78,7 +79,7 @@ async def wait_until_terminal(
                 return job
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -107,7 +108,9 @@ def sse(event: str, event_id: str, data: str) -> str:
     return f"event: {event}\nid: {event_id}\ndata: {data}\n\n"
 
 
-def changes(seen: Seen | None, job: Generation, render: Callable[[Generation], str]) -> Iterator[tuple[str, Seen]]:
+def changes(
+    seen: Seen | None, job: Generation, render: Callable[[Generation], str]
+) -> Iterator[tuple[str, Seen]]:
     """The events that take a client from `seen` to `job`, in order: a first `job` event for a
     new client; then `status` for a job that started, one `image` per newly stored image, and
     `status` when the job ends (or is retried)."""
@@ -150,15 +153,15 @@ async def stream(
             return
         yield "retry: 1000\n\n"
         while current is not None:
-            for text, seen in changes(seen, current, render):
+            for text, reached in changes(seen, current, render):
                 yield text
+                seen = reached
             if current.status in TERMINAL:
                 return
             try:
                 await asyncio.wait_for(changed.wait(), heartbeat)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Read the job anyway: a lost notification delays an event by one heartbeat.
                 yield ": keep-alive\n\n"
             changed.clear()
             current = await generations.get(pool, job_id=job_id)
-

@@ -3,6 +3,8 @@ as it is made."""
 
 from __future__ import annotations
 
+import functools
+
 import asyncpg
 
 from app import db
@@ -22,7 +24,9 @@ def kind(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0) -
     """
 
     async def generate(job: Job) -> None:
-        wanted = await db.with_retries(lambda: pool.fetchrow(queries.generation_for_run, job.id), deadline=db_patience)
+        wanted = await db.with_retries(
+            lambda: pool.fetchrow(queries.generation_for_run, job.id), deadline=db_patience
+        )
         if wanted is None:
             raise Fail("the generation this job was for no longer exists")
         done = set(wanted["image_indexes"])
@@ -36,8 +40,14 @@ def kind(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0) -
                 reason = f"image {index}: {exc}"
                 raise (Retry(reason) if exc.transient else Fail(reason)) from exc
             stored = await db.with_retries(
-                lambda: stores.store(
-                    pool, job_id=job.id, worker_id=job.worker_id, attempt=job.attempts, index=index, png=png
+                functools.partial(
+                    stores.store,
+                    pool,
+                    job_id=job.id,
+                    worker_id=job.worker_id,
+                    attempt=job.attempts,
+                    index=index,
+                    png=png,
                 ),
                 deadline=db_patience,
             )

@@ -8,14 +8,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from app import db
-
 from app.batching import Batcher
 from app.queue import jobs as queue
 from app.queue.kinds import Status
@@ -23,7 +22,7 @@ from app.sql import queries
 
 KIND = "generate"
 
-Connection = asyncpg.Connection | asyncpg.Pool
+Connection = db.Executor
 
 
 @dataclass(slots=True)
@@ -132,12 +131,12 @@ async def queue_depth(conn: Connection) -> asyncpg.Record:
     return await queue.depth(conn, kind=KIND)
 
 
-async def forget(conn: asyncpg.Connection, job_ids: list[UUID]) -> None:
+async def forget(conn: db.Connection, job_ids: list[UUID]) -> None:
     """Retention deleted these jobs: delete their generations, with their images."""
     await conn.execute(queries.generation_forget, job_ids)
 
 
-FIRST_PAGE = (datetime.max.replace(tzinfo=timezone.utc), UUID(int=2**128 - 1))
+FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 """A cursor after every job: where the first page starts."""
 
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import hashlib
 from uuid import UUID
 
-import asyncpg
-
 from app import db
-
 from app.sql import queries
 
 
 async def store(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: db.Executor,
     *,
     job_id: UUID,
     worker_id: str,
@@ -23,13 +20,12 @@ async def store(
 ) -> bool:
     """Store one image if the worker still owns this attempt of the job; say whether it did."""
     digest = hashlib.sha256(png).hexdigest()
-    return await conn.fetchval(queries.image_store, job_id, worker_id, attempt, index, png, digest)
+    stored: bool = await conn.fetchval(queries.image_store, job_id, worker_id, attempt, index, png, digest)
+    return stored
 
 
 @db.translated
-async def get(
-    conn: asyncpg.Connection | asyncpg.Pool, *, job_id: UUID, index: int
-) -> tuple[bytes, str] | None:
+async def get(conn: db.Executor, *, job_id: UUID, index: int) -> tuple[bytes, str] | None:
     """The PNG and its sha256, or None."""
     row = await conn.fetchrow(queries.image_get, job_id, index)
     return None if row is None else (row["png"], row["sha256"])

@@ -17,10 +17,11 @@ from uuid import UUID
 
 import asyncpg
 
+from app import db
 from app.queue.kinds import Job
 from app.sql import queries
 
-Connection = asyncpg.Connection | asyncpg.Pool
+Connection = db.Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,9 @@ async def claim(
         [(kind, count)] = wanted.items()
         rows = await conn.fetch(queries.job_claim_kind, worker_id, kind, count, lease_seconds)
     else:
-        rows = await conn.fetch(queries.job_claim, worker_id, list(wanted), list(wanted.values()), lease_seconds)
+        rows = await conn.fetch(
+            queries.job_claim, worker_id, list(wanted), list(wanted.values()), lease_seconds
+        )
     return [
         Job(id_, kind, args, attempts, max_attempts, run_at, started_at, created_at, worker_id)
         for id_, kind, args, attempts, max_attempts, run_at, started_at, created_at in rows
@@ -80,9 +83,7 @@ async def complete_many(conn: Connection, *, worker_id: str, jobs: Sequence[tupl
     return {row[0] for row in rows}
 
 
-async def fail_many(
-    conn: Connection, *, worker_id: str, jobs: Sequence[tuple[UUID, int, str]]
-) -> set[UUID]:
+async def fail_many(conn: Connection, *, worker_id: str, jobs: Sequence[tuple[UUID, int, str]]) -> set[UUID]:
     """Fail (job id, attempt, error) for good; return the ids the worker still owned."""
     ids, attempts, errors = _columns(jobs, 3)
     rows = await conn.fetch(queries.job_fail_many, worker_id, ids, attempts, errors)
@@ -115,7 +116,8 @@ async def renew_leases(
 
 async def owned(conn: Connection, *, job_id: UUID, worker_id: str, attempt: int) -> bool:
     """Whether the worker still owns this attempt of the job."""
-    return await conn.fetchval(queries.job_owned, job_id, worker_id, attempt)
+    still: bool = await conn.fetchval(queries.job_owned, job_id, worker_id, attempt)
+    return still
 
 
 async def reclaim_expired(conn: Connection, *, limit: int = 100) -> list[asyncpg.Record]:
@@ -126,28 +128,36 @@ async def reclaim_expired(conn: Connection, *, limit: int = 100) -> list[asyncpg
 
 async def cancel(conn: Connection, *, job_id: UUID) -> str | None:
     """Cancel a waiting or running job; the status it had, or None when unknown or finished."""
-    return await conn.fetchval(queries.job_cancel, job_id)
+    was: str | None = await conn.fetchval(queries.job_cancel, job_id)
+    return was
 
 
 async def pending_count(conn: Connection, *, kind: str, cap: int) -> int:
     """Waiting jobs of `kind`, counted no further than `cap`."""
-    return await conn.fetchval(queries.job_pending_count_capped, kind, cap)
+    count: int = await conn.fetchval(queries.job_pending_count_capped, kind, cap)
+    return count
 
 
 async def depth(conn: Connection, *, kind: str) -> asyncpg.Record:
     """(pending, processing, oldest_due, now) for `kind`."""
-    return await conn.fetchrow(queries.job_queue_depth, kind)
+    row = await conn.fetchrow(queries.job_queue_depth, kind)
+    if row is None:
+        raise RuntimeError("job_queue_depth returned no row")  # an aggregate always returns one
+    return row
 
 
 async def rotate(
     conn: Connection, *, max_move: int, min_dead: int, min_interval: float, lock_wait: float, held_for: float
 ) -> int | None:
     """Empty and truncate the oldest partition of job_queue if worth it; rows moved, or None."""
-    return await conn.fetchval(queries.job_queue_rotate, max_move, min_dead, min_interval, lock_wait, held_for)
+    moved: int | None = await conn.fetchval(
+        queries.job_queue_rotate, max_move, min_dead, min_interval, lock_wait, held_for
+    )
+    return moved
 
 
 async def delete_finished(
-    conn: asyncpg.Connection, *, older_than_days: float, limit: int, kinds: Sequence[str]
+    conn: db.Connection, *, older_than_days: float, limit: int, kinds: Sequence[str]
 ) -> list[tuple[UUID, str]]:
     """Delete up to `limit` jobs of `kinds` finished more than `older_than_days` ago, oldest
     first, with their events; (id, kind) of each."""
@@ -158,7 +168,11 @@ async def delete_finished(
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows (job id first) as `width` column lists, sorted by job id: statements that change
     several running jobs lock them in this order, so that two of them cannot deadlock."""
-    return [list(column) for column in zip(*sorted(rows, key=_first))] if rows else [[] for _ in range(width)]
+    return (
+        [list(column) for column in zip(*sorted(rows, key=_first), strict=True)]
+        if rows
+        else [[] for _ in range(width)]
+    )
 
 
 def _first(row: tuple[Any, ...]) -> Any:

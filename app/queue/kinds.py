@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
-import asyncpg
+from app import db
 
 
 class Status(StrEnum):
@@ -97,7 +97,7 @@ class OwnershipLost(Exception):
 
 Handler = Callable[[Job], Awaitable[Outcome | None] | Outcome | None]
 
-Forget = Callable[[asyncpg.Connection, list[UUID]], Awaitable[object]]
+Forget = Callable[[db.Connection, list[UUID]], Awaitable[object]]
 
 
 class Backoff(Protocol):
@@ -115,7 +115,7 @@ class Exponential:
     cap: float = 60.0
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0.5, 1.0) * min(self.cap, self.base * 2 ** (attempt - 1))
+        return random.uniform(0.5, 1.0) * min(self.cap, self.base * 2.0 ** (attempt - 1))
 
 
 @dataclass(frozen=True)

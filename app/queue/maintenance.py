@@ -136,7 +136,9 @@ def queue_rounds(
             held_for=rotation.held_for,
         )
         if moved is not None:
-            log.debug("rotated the queue's partitions, %d jobs moved", moved, extra={"action": "queue_rotated"})
+            log.debug(
+                "rotated the queue's partitions, %d jobs moved", moved, extra={"action": "queue_rotated"}
+            )
 
     async def retention() -> None:
         await delete_finished(pool, older_than_days=retention_days, batch_size=retention_batch, forget=forget)

@@ -67,7 +67,7 @@ class FastHistogram:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         for values, child in list(self._children.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip((*map(_bound, self._bounds), "+Inf"), child.counts):
+            for bound, count in zip((*map(_bound, self._bounds), "+Inf"), child.counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             family.add_metric(list(values), buckets, child.sum)

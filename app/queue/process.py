@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from app.queue.kinds import Kind
 from app.queue.maintenance import Maintenance, Round, queue_rounds
 from app.queue.worker import Timing, Worker
-from app.settings import Settings, SettingError
+from app.settings import SettingError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def selected(registry: Sequence[Kind], names: Sequence[str] | None) -> list[Kind
     known = {kind.name: kind for kind in registry}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise SettingError("WORKER_KINDS", ",".join(names), f"no kind named {', '.join(unknown)}; known: {', '.join(known)}")
+        raise SettingError(
+            "WORKER_KINDS", ",".join(names), f"no kind named {', '.join(unknown)}; known: {', '.join(known)}"
+        )
     return [known[name] for name in dict.fromkeys(names)]
 
 

@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -244,7 +244,7 @@ class Worker:
                 await db.with_retries(lambda: unregister(self._pool, worker_id=self.id), deadline=2)
             try:
                 await asyncio.wait_for(self._claim_pool.close(), timeout=2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._claim_pool.terminate()
             log.info("worker %s stopped", self.id, extra={"action": "worker_stopped"})
 
@@ -261,12 +261,12 @@ class Worker:
         timeout = self._timing.poll_interval * random.uniform(0.8, 1.2)
         due = [lane.next_due for lane in self._lanes.values() if lane.next_due is not None]
         if due:
-            until_due = (min(due) - datetime.now(timezone.utc)).total_seconds()
+            until_due = (min(due) - datetime.now(UTC)).total_seconds()
             # At least 50 ms: a due job may be locked by another transaction for a while.
             timeout = max(0.05, min(timeout, until_due + 0.005))
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not self._mark_due():
                 self._all_maybe_waiting()  # the safety sweep
         else:
@@ -274,7 +274,7 @@ class Worker:
 
     def _mark_due(self) -> bool:
         """Kinds whose earliest waiting job is due now may be claimed; True if there were any."""
-        now = datetime.now(timezone.utc) + timedelta(milliseconds=5)
+        now = datetime.now(UTC) + timedelta(milliseconds=5)
         marked = False
         for lane in self._lanes.values():
             if lane.next_due is not None and lane.next_due <= now:
@@ -299,7 +299,7 @@ class Worker:
                 )
             except DATABASE_ERRORS as exc:
                 log.warning("claim failed: %s", exc, extra={"action": "claim_failed"})
-                retry_at = datetime.now(timezone.utc) + _jittered(1.0)
+                retry_at = datetime.now(UTC) + _jittered(1.0)
                 for kind in wanted:
                     self._lanes[kind].next_due = retry_at
                     self._lanes[kind].maybe_waiting = False
@@ -328,7 +328,7 @@ class Worker:
         try:
             due = await queue.next_due(self._pool, kinds=kinds)
         except DATABASE_ERRORS:
-            retry_at = datetime.now(timezone.utc) + _jittered(1.0)
+            retry_at = datetime.now(UTC) + _jittered(1.0)
             due = dict.fromkeys(kinds, retry_at)
         for kind in kinds:
             self._lanes[kind].next_due = due.get(kind)
@@ -383,7 +383,9 @@ class Worker:
             reason = running.stop_reason
             if reason is None:
                 raise
-            log.info("stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", "job_id": str(job.id)})
+            log.info(
+                "stopped job %s: %s", job.id, reason, extra={"action": f"job_{reason}", "job_id": str(job.id)}
+            )
             if reason != "shutdown":
                 self.metrics.jobs[job.kind, reason].inc()
             return
@@ -506,7 +508,11 @@ class Worker:
         counts: dict[str, int] = {}
         for job in jobs:
             if job.id not in owned:
-                log.warning("lost job %s before recording it", job.id, extra={"action": "job_lost", "job_id": str(job.id)})
+                log.warning(
+                    "lost job %s before recording it",
+                    job.id,
+                    extra={"action": "job_lost", "job_id": str(job.id)},
+                )
                 self.metrics.jobs[job.kind, "lost"].inc()
                 continue
             counts[job.kind] = counts.get(job.kind, 0) + 1
@@ -598,7 +604,9 @@ class Worker:
         )
         for waiter in (all_done, hurry):
             waiter.cancel()
-        unfinished = [running for running in self._running.values() if running.task and not running.task.done()]
+        unfinished = [
+            running for running in self._running.values() if running.task and not running.task.done()
+        ]
         if not unfinished:
             return
         for running in unfinished:

@@ -16,6 +16,4 @@ class LocalProvider:
     async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
         if self._delay:
             await asyncio.sleep(self._delay)
-        return await asyncio.to_thread(
-            render_png, animal, seed=job_id.bytes, index=index, size=self._size
-        )
+        return await asyncio.to_thread(render_png, animal, seed=job_id.bytes, index=index, size=self._size)

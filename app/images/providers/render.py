@@ -135,7 +135,12 @@ class Pen:
     def _track(self, xy: Sequence[Point], pad: float) -> None:
         xs, ys = [x for x, _ in xy], [y for _, y in xy]
         x0, y0, x1, y1 = self.bounds
-        self.bounds = [min(x0, min(xs) - pad), min(y0, min(ys) - pad), max(x1, max(xs) + pad), max(y1, max(ys) + pad)]
+        self.bounds = [
+            min(x0, min(xs) - pad),
+            min(y0, min(ys) - pad),
+            max(x1, max(xs) + pad),
+            max(y1, max(ys) + pad),
+        ]
 
 
 # Geometry helpers ----------------------------------------------------------
@@ -152,7 +157,9 @@ def _oval_points(x: float, y: float, rx: float, ry: float, angle: float, n: int)
     return points
 
 
-def _arc_points(x: float, y: float, rx: float, ry: float, start: float, end: float, n: int = 24) -> list[Point]:
+def _arc_points(
+    x: float, y: float, rx: float, ry: float, start: float, end: float, n: int = 24
+) -> list[Point]:
     angles = (math.radians(start + (end - start) * i / (n - 1)) for i in range(n))
     return [(x + rx * math.cos(t), y + ry * math.sin(t)) for t in angles]
 
@@ -307,7 +314,7 @@ def _fox(pen: Pen, rng: random.Random) -> None:
     for ear in (right_ear, _mirror(right_ear)):
         tip = ear[2]
         pen.poly([tip, _lerp(tip, ear[0], 0.3), _lerp(tip, ear[1], 0.3)], BLACK)
-    right = _arc_points(0, -0.1, 0.95, 0.8, 270, 360, 12) + [(1.2, 0.22), (0.45, 0.62), (0, 0.95)]
+    right = [*_arc_points(0, -0.1, 0.95, 0.8, 270, 360, 12), (1.2, 0.22), (0.45, 0.62), (0, 0.95)]
     head = right + _mirror(right[::-1])
     pen.poly(head, orange)
     right_cheek = [(1.2, 0.22), (0.55, 0.12), (0.14, 0.4), (0, 0.95), (0.45, 0.62)]
@@ -474,8 +481,10 @@ def _stars(draw: ImageDraw.ImageDraw, size: int, rng: random.Random, color: Colo
         x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.02, 0.05) * size
         turn = rng.uniform(0, math.pi)
         points = [
-            (x + (r if i % 2 == 0 else r * 0.45) * math.cos(turn + i * math.pi / 5),
-             y + (r if i % 2 == 0 else r * 0.45) * math.sin(turn + i * math.pi / 5))
+            (
+                x + (r if i % 2 == 0 else r * 0.45) * math.cos(turn + i * math.pi / 5),
+                y + (r if i % 2 == 0 else r * 0.45) * math.sin(turn + i * math.pi / 5),
+            )
             for i in range(10)
         ]
         draw.polygon(points, fill=color)
@@ -522,7 +531,9 @@ def _background(size: int, hue: float, pattern_index: int, rng: random.Random) -
     bottom = _hsv(hue + rng.uniform(0.04, 0.12), rng.uniform(0.38, 0.5), 0.92)
     ramp = Image.linear_gradient("L").resize((91, 91), Image.Resampling.BILINEAR)
     ramp = ramp.rotate(rng.uniform(-40, 40), resample=Image.Resampling.BILINEAR).crop((13, 13, 77, 77))
-    channels = [ramp.point([a + (b - a) * i // 255 for i in range(256)]) for a, b in zip(top, bottom)]
+    channels = [
+        ramp.point([a + (b - a) * i // 255 for i in range(256)]) for a, b in zip(top, bottom, strict=True)
+    ]
     image = Image.merge("RGB", channels).resize((size, size), Image.Resampling.NEAREST)
     pattern_color = _hsv(hue, 0.12, 1.0) if rng.random() < 0.6 else _hsv(hue + 0.05, 0.45, 0.86)
     PATTERNS[pattern_index % len(PATTERNS)](ImageDraw.Draw(image), size, rng, pattern_color)
@@ -532,7 +543,9 @@ def _background(size: int, hue: float, pattern_index: int, rng: random.Random) -
 # Composition ----------------------------------------------------------------
 
 
-def _draw_animal(draw: ImageDraw.ImageDraw, animal: str, side: int, rng: random.Random, shadow: Color) -> None:
+def _draw_animal(
+    draw: ImageDraw.ImageDraw, animal: str, side: int, rng: random.Random, shadow: Color
+) -> None:
     """Fit the animal, tilted and jittered, above the label band, with a drop shadow."""
     drawer = DRAWERS[animal]
     angle = rng.uniform(-12, 12)
