@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Served:
+    base: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
 async def server(
     dsn: str, extra_env: dict[str, str] | None = None, *, script: Path = ROOT / "server.py"
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Served]:
     """A real server.py (or another ASGI server `script`) on a free port, `extra_env` added to
-    its settings; its base URL once it answers."""
+    its settings; its base URL and process id once it answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -85,7 +98,7 @@ async def server(
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"{script.name} was not ready within 30 s")
-        yield base
+        yield Served(base, process.pid)
     finally:
         process.terminate()
         process.wait(15)
@@ -126,7 +139,8 @@ async def measure(
         from app import migrate
 
         await asyncio.to_thread(migrate.apply, dsn)
-        async with server(dsn, extra_env) as base:
+        async with server(dsn, extra_env) as served:
+            base = served.base
             if name == "post":
                 figures = await asyncio.to_thread(
                     wrk, f"{base}/generations", connections=connections, seconds=seconds, script=POST_SCRIPT
@@ -167,10 +181,14 @@ async def get_against_bare(
     rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "menagerie": []}
     for _ in range(1 if quick else 2):
         for which, script in (("bare", BARE_APP), ("menagerie", ROOT / "server.py")):
-            async with server(dsn, extra_env if which == "menagerie" else None, script=script) as base:
+            async with server(dsn, extra_env if which == "menagerie" else None, script=script) as served:
+                before = cpu_seconds(served.pid)
                 figures = await asyncio.to_thread(
-                    wrk, f"{base}{location}", connections=connections, seconds=seconds
+                    wrk, f"{served.base}{location}", connections=connections, seconds=seconds
                 )
+                used = cpu_seconds(served.pid) - before
+            # CPU per request of the server process: steadier than req/s on a busy machine.
+            figures["server_cpu_us_per_request"] = round(used / figures["requests"] * 1e6, 1)
             rounds[which].append(figures)
 
     def middle(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,6 +199,7 @@ async def get_against_bare(
         **ours,
         "bare": bare,
         "vs_bare": round(ours["requests_per_s"] / bare["requests_per_s"], 2),
+        "cpu_vs_bare": round(ours["server_cpu_us_per_request"] / bare["server_cpu_us_per_request"], 2),
         "rounds": {which: [run["requests_per_s"] for run in runs] for which, runs in rounds.items()},
     }
 

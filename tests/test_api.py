@@ -19,9 +19,13 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
+import jsonschema
 import pytest
 from PIL import Image
 
+from app.api.models import JobOut, job_json, jobs_json
+from app.images.generations import Generation
+from app.queue.kinds import Status
 from app.settings import Settings
 from tests import support
 from tests.support import api_client, insert_generations
@@ -738,3 +742,52 @@ async def test_wrong_method_answers_405_problem_with_allow(
 
     await rejected(response, 405)
     assert allowed <= {part.strip() for part in response.headers["allow"].split(",")}
+
+
+# The job JSON written by hand
+
+
+def a_job(status: Status, **fields: Any) -> Generation:
+    moment = datetime.fromisoformat("2026-11-27T10:30:00.125002+00:00")
+    return Generation(
+        id=uuid4(),
+        status=status,
+        num_images=3,
+        animal="cat",
+        error=fields.pop("error", None),
+        attempts=fields.pop("attempts", 0),
+        created_at=moment,
+        updated_at=moment,
+        started_at=fields.pop("started_at", None),
+        finished_at=fields.pop("finished_at", None),
+        image_indexes=fields.pop("image_indexes", []),
+    )
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        a_job(Status.PENDING),
+        a_job(Status.PROCESSING, attempts=1, started_at=datetime.now().astimezone(), image_indexes=[0, 2]),
+        a_job(
+            Status.FAILED,
+            attempts=3,
+            error="image 1: the model refused: «no» ✗",
+            started_at=datetime.now().astimezone(),
+            finished_at=datetime.now().astimezone(),
+        ),
+    ],
+    ids=["pending", "processing-with-images", "failed-with-unicode-error"],
+)
+def test_job_json_is_the_documented_job_object(job: Generation) -> None:
+    """The job JSON written without pydantic (the hot path) has exactly JobOut's fields and
+    validates against JobOut's schema, timestamps with their offset and the error's
+    characters intact; a list is an array of the same objects."""
+    written = json.loads(job_json(job, base_url="http://h"))
+    schema = JobOut.model_json_schema(mode="serialization", by_alias=True)
+    jsonschema.validate(written, schema, format_checker=jsonschema.FormatChecker())
+    assert written.keys() == schema["properties"].keys()
+    assert written["createdAt"] == "2026-11-27T10:30:00.125002+00:00"
+    assert written["error"] == job.error
+    assert written["imageUrls"] == [f"http://h/images/{job.id}/{index}.png" for index in job.image_indexes]
+    assert json.loads(jobs_json([job, job], base_url="http://h")) == [written, written]

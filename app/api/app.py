@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -32,8 +32,9 @@ from app.api.models import (
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
     GenerationRequest,
-    JobOut,
     ListQuery,
+    job_json,
+    jobs_json,
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
@@ -50,7 +51,6 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
-_job_list = TypeAdapter(list[JobOut])
 
 
 class State(TypedDict):
@@ -68,10 +68,10 @@ class State(TypedDict):
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, or a Problem: 415 not JSON, 413 too big, 400 malformed."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = (header(request, b"content-type") or "").split(";")[0].strip().lower()
     if media_type not in JSON_TYPES and not media_type.endswith("+json"):
         raise Problem(415, "send the body as application/json")
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Problem(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     body = bytearray()
@@ -99,31 +99,48 @@ def parse_job_id(request: Request) -> UUID:
         raise problems.no_such_job() from None
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """One request header (lower-case `name`), repeated ones joined with ", " (RFC 9110 5.3).
+    Read from a dict made once per request: Starlette's Headers scans the whole list at every
+    lookup, and a job's GET reads three."""
+    scope = request.scope
+    found: dict[bytes, bytes] | None = scope.get("menagerie.headers")
+    if found is None:
+        found = scope["menagerie.headers"] = {}
+        for key, value in scope["headers"]:
+            found[key] = found[key] + b", " + value if key in found else value
+    value = found.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
 def base_url(request: Request) -> str:
     """PUBLIC_BASE_URL, or the scheme and Host of the request (proxy headers applied)."""
     configured = request.state.settings.public_base_url
     if configured is not None:
         return str(configured).rstrip("/")
     scope = request.scope  # not request.url: building the whole URL costs more than the rest of this
-    host = request.headers.get("host") or "{}:{}".format(*scope["server"])
+    host = header(request, b"host") or "{}:{}".format(*scope["server"])
     return f"{scope['scheme']}://{host}{scope.get('root_path', '')}"
 
 
 def job_response(
-    request: Request, job: JobOut, *, status_code: int = 200, headers: dict[str, str] | None = None
+    request: Request, job: Generation, *, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """The job as JSON with a strong ETag of its bytes; 304 when If-None-Match has it."""
-    body = job.model_dump_json().encode()
+    body = job_json(job, base_url=base_url(request))
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
     headers = {**(headers or {}), "ETag": etag}
-    if status_code == 200 and etag_matches(request.headers.get("if-none-match"), etag):
+    if status_code == 200 and etag_matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
 def requested_wait(request: Request) -> int | None:
     """Seconds asked for with `Prefer: wait=N` (RFC 7240), at most 60; None when not asked."""
-    found = re.search(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", request.headers.get("prefer", ""))
+    prefer = header(request, b"prefer")
+    if not prefer:
+        return None
+    found = re.search(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", prefer)
     return min(int(found.group(1)), MAX_WAIT_SECONDS) if found else None
 
 
@@ -146,7 +163,7 @@ async def create_generation(request: Request) -> Response:
         wanted = GenerationRequest.model_validate(data, context={"max_images": settings.max_images_per_job})
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
-    key = request.headers.get("idempotency-key")
+    key = header(request, b"idempotency-key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     fingerprint, replay = "", None
@@ -172,9 +189,7 @@ async def create_generation(request: Request) -> Response:
     if wait is not None:
         job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
         headers["Preference-Applied"] = f"wait={wait}"
-    return job_response(
-        request, JobOut.from_job(job, base_url=base_url(request)), status_code=202, headers=headers
-    )
+    return job_response(request, job, status_code=202, headers=headers)
 
 
 async def create(
@@ -221,7 +236,7 @@ async def get_generation(request: Request) -> Response:
         headers["Preference-Applied"] = f"wait={wait}"
     if job is None:
         raise problems.no_such_job()
-    return job_response(request, JobOut.from_job(job, base_url=base_url(request)), headers=headers)
+    return job_response(request, job, headers=headers)
 
 
 @documented(docs.JOB_EVENTS)
@@ -233,7 +248,7 @@ async def job_events(request: Request) -> Response:
         state.pool,
         state.watch,
         job_id=job_id,
-        last_event_id=request.headers.get("last-event-id"),
+        last_event_id=header(request, b"last-event-id"),
         base_url=base_url(request),
         heartbeat=state.settings.sse_heartbeat,
     )
@@ -264,8 +279,7 @@ async def list_generations(request: Request) -> Response:
         last = page[-1]
         next_query = request.url.include_query_params(cursor=cursors.encode(last.created_at, last.id)).query
         headers["Link"] = f'<{root}/generations?{next_query}>; rel="next"'
-    body = _job_list.dump_json([JobOut.from_job(job, base_url=root) for job in page], by_alias=True)
-    return Response(body, headers=headers, media_type="application/json")
+    return Response(jobs_json(page, base_url=root), headers=headers, media_type="application/json")
 
 
 @documented(docs.GET_IMAGE)
@@ -282,7 +296,7 @@ async def get_image(request: Request) -> Response:
     png, digest = found
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-    if etag_matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(png, headers=headers, media_type="image/png")
 
@@ -308,7 +322,7 @@ async def cancel_generation(request: Request) -> Response:
         log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
     elif job.status in (Status.COMPLETED, Status.FAILED):
         raise problems.job_finished(job.status.value)
-    return job_response(request, JobOut.from_job(job, base_url=base_url(request)))
+    return job_response(request, job)
 
 
 @documented(docs.LIST_ANIMALS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json as _json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -107,22 +109,34 @@ class JobOut(BaseModel):
     started_at: Timestamp | None = Field(serialization_alias="startedAt")
     finished_at: Timestamp | None = Field(serialization_alias="finishedAt")
 
-    @classmethod
-    def from_job(cls, job: Generation, *, base_url: str) -> JobOut:
-        """Built without validation: every field comes from a Job read from the database."""
-        return cls.model_construct(
-            job_id=job.id,
-            status=job.status,
-            num_images=job.num_images,
-            animal=job.animal,
-            image_urls=[f"{base_url}/images/{job.id}/{index}.png" for index in job.image_indexes],
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            error=job.error,
-            attempts=job.attempts,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-        )
+
+def job_json(job: Generation, *, base_url: str) -> bytes:
+    """The job as JobOut's JSON, written directly rather than through the model: this is the
+    GET, POST and event-stream hot path, where building a JobOut (pydantic's model_construct)
+    cost as much as the rest of the request. tests/test_api.py holds it to JobOut's schema for
+    every status."""
+    return _json.dumps(
+        {
+            "jobId": str(job.id),
+            "status": job.status.value,
+            "numImages": job.num_images,
+            "animal": job.animal,
+            "imageUrls": [f"{base_url}/images/{job.id}/{index}.png" for index in job.image_indexes],
+            "createdAt": job.created_at.isoformat(),
+            "updatedAt": job.updated_at.isoformat(),
+            "error": job.error,
+            "attempts": job.attempts,
+            "startedAt": None if job.started_at is None else job.started_at.isoformat(),
+            "finishedAt": None if job.finished_at is None else job.finished_at.isoformat(),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def jobs_json(jobs: Iterable[Generation], *, base_url: str) -> bytes:
+    """A JSON array of jobs, each as `job_json` writes it."""
+    return b"[" + b",".join(job_json(job, base_url=base_url) for job in jobs) + b"]"
 
 
 class ProblemError(BaseModel):

@@ -3,15 +3,14 @@ attached to every log record and problem body written while the request is handl
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
 
-HEADER = "x-request-id"
+HEADER = b"x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 
 current = logs.request_id
@@ -25,14 +24,16 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
-        text = given.decode("latin-1")
-        request_id = text if _SANE.fullmatch(text) else uuid.uuid4().hex
+        given = next((value for name, value in scope["headers"] if name == HEADER), None)
+        text = given.decode("latin-1") if given is not None else ""
+        request_id = text if text and _SANE.fullmatch(text) else os.urandom(16).hex()
+        header = (HEADER, request_id.encode("latin-1"))
         token = current.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[HEADER] = request_id
+                # A new list: the one in the message may be the response object's own.
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:

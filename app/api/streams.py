@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.api.models import JobOut
+from app.api.models import job_json
 from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
 from app.images import generations
 from app.images.generations import Generation
@@ -144,7 +144,7 @@ async def stream(
     nothing at all for an unknown job: the caller answers 404 when the first item is missing."""
 
     def render(current: Generation) -> str:
-        return JobOut.from_job(current, base_url=base_url).model_dump_json()
+        return job_json(current, base_url=base_url).decode()
 
     seen = Seen.parse(last_event_id)
     with watch.watch(job_id) as changed:
