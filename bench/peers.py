@@ -542,6 +542,7 @@ class BarePeer(Peer):
                      FOR UPDATE SKIP LOCKED)
         RETURNING id, payload
     """
+    delete = "DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])"
 
     async def install(self, dsn: str) -> None:
         async with connected(dsn) as conn:
@@ -582,9 +583,7 @@ class BarePeer(Peer):
                     continue
                 for row in rows:
                     PROBE.record(time.time(), row["payload"])
-                await conn.execute(
-                    "DELETE FROM bare_jobs WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
-                )
+                await conn.execute(self.delete, [row["id"] for row in rows])
             stopping.cancel()
 
     async def remaining(self, conn: asyncpg.Connection) -> int:
@@ -848,6 +847,7 @@ async def drain_once(peer: Peer, dsn_admin: str, jobs: int, workers: int) -> dic
         "failed": failed,
         "per_worker": [r["count"] for r in results],
         "worker_cpu_s": [round(r["cpu_s"], 2) for r in results],
+        "worker_cpu_s_total": round(sum(r["cpu_s"] for r in results), 3),
         "bulk_fill_jobs_per_s": round(jobs / fill_s, 1),
     }
 

@@ -134,6 +134,11 @@ def collect(
         results[f"{key}/menagerie"] = summarise([figures])
         raw[f"{key}/menagerie"] = {"runs": [figures]}
         print(f"  {key:20} menagerie done", file=sys.stderr, flush=True)
+    if "menagerie" in peers:
+        figures = [run_json([str(BENCH / "breakdown.py"), *flag])["figures"] for _ in range(runs)]
+        results["breakdown/menagerie"] = summarise(figures)
+        raw["breakdown/menagerie"] = {"runs": figures}
+        print(f"  {'breakdown':20} menagerie done", file=sys.stderr, flush=True)
     scale = run_json([str(BENCH / "scale.py"), *flag])
     results["scale/menagerie"] = summarise([scale["figures"]])
     results["scale_rows"] = scale["finished_jobs"]
@@ -197,7 +202,30 @@ def table(results: dict[str, Any]) -> str:
             f"{cell(results, f'{measure}/bare', figure, 2)} | {ratio(ours, theirs)} | {verdict} |"
         )
     drain = value(results, "drain/menagerie", "workers_1.jobs_per_s")
+
+    def worker_cpu(peer: str) -> str:
+        """Worker process CPU per job in the 1-process drain (start-up included), µs."""
+        cpu = value(results, f"drain/{peer}", "workers_1.worker_cpu_s_total")
+        jobs = value(results, f"drain/{peer}", "workers_1.jobs")
+        return f"{cpu / jobs * 1e6:.1f}" if cpu is not None and jobs else "–"
+
+    def breakdown(figure: str) -> str:
+        return cell(results, "breakdown/menagerie", figure, 3)
+
     lines += [
+        "",
+        "| per 100 jobs (bench/breakdown.py: statements one after another, 20,000 due jobs) | menagerie | bare asyncpg | ÷ bare |",
+        "|---|---|---|---|",
+        f"| claim, ms | {breakdown('menagerie.claim_ms')} | {breakdown('bare.claim_ms')} | "
+        f"{ratio(value(results, 'breakdown/menagerie', 'menagerie.claim_ms'), value(results, 'breakdown/menagerie', 'bare.claim_ms'))} |",
+        f"| completion, durable (bare: delete, not flushed), ms | {breakdown('menagerie.finish_ms')} | "
+        f"{breakdown('bare.finish_ms')} | "
+        f"{ratio(value(results, 'breakdown/menagerie', 'menagerie.finish_ms'), value(results, 'breakdown/menagerie', 'bare.finish_ms'))} |",
+        f"| completion without waiting for the WAL flush, ms | {breakdown('menagerie.finish_unflushed_ms')} | "
+        f"{breakdown('bare.finish_ms')} | "
+        f"{ratio(value(results, 'breakdown/menagerie', 'menagerie.finish_unflushed_ms'), value(results, 'breakdown/menagerie', 'bare.finish_ms'))} |",
+        f"| worker process CPU per job in the drain (µs; PGQueuer {worker_cpu('pgqueuer')}) | "
+        f"{worker_cpu('menagerie')} | {worker_cpu('bare')} | – |",
         "",
         "| menagerie's drain, 1 process, other handlers | jobs/s | ÷ plain-function no-op |",
         "|---|---|---|",

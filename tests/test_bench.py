@@ -128,3 +128,19 @@ def test_every_http_request_is_answered_and_every_post_writes_its_job(bench):
                 # wrk counts the answers it read; a POST still in flight when it stopped may
                 # have written its job too, never the other way round.
                 assert run["jobs_written"] >= run["requests"], (key, run)
+    for run in runs_of(bench, "http-get/menagerie"):
+        # The GET measure also served the same request from the bare Starlette app (the
+        # ceiling), without a failure, and measured both servers' CPU per request.
+        bare = run["bare"]
+        assert bare["requests"] > 0 and bare["failed"] == 0, run
+        assert run["server_cpu_us_per_request"] > 0 and bare["server_cpu_us_per_request"] > 0, run
+
+
+def test_the_breakdown_timed_claim_and_completion_until_the_queue_was_empty(bench):
+    """bench/breakdown.py claimed and finished every queued job on both sides (menagerie and
+    the bare queue), so its per-100 figures come from full batches of real statements."""
+    for run in runs_of(bench, "breakdown/menagerie"):
+        for side in ("menagerie", "bare"):
+            figures = run[side]
+            assert figures["jobs"] == 2_000, run
+            assert 0 < figures["claim_ms"] < 1000 and 0 < figures["finish_ms"] < 1000, run
