@@ -16,7 +16,7 @@ import pytest
 from app import keys
 from app.api import auth
 from app.settings import Settings
-from tests.support import api_client, insert_generations, set_status, wait_for
+from tests.support import api_client, free_port, insert_generations, set_status, wait_for, wait_ready
 
 MakeKey = Callable[..., Awaitable[str]]
 
@@ -338,3 +338,232 @@ async def test_migration_0007_rolls_back_and_applies_again(database_url: str, po
         assert await conn.fetchval("SELECT count(*) FROM keys") == 0
     finally:
         await conn.close()
+
+
+# Signed image URLs
+
+
+async def signed_urls(keyed: httpx.AsyncClient, world: dict) -> list[str]:
+    job = (await keyed.get(f"/generations/{world['done']}", headers=bearer(world["tokens"]["owner"]))).json()
+    return [url.removeprefix("http://menagerie.test") for url in job["imageUrls"]]
+
+
+async def test_a_signed_image_url_works_without_a_key_and_privately(
+    keyed: httpx.AsyncClient, world: dict
+) -> None:
+    """The imageUrls of a job are signed: each fetches its PNG with no key at all, marked
+    Cache-Control private; the same image without signature or key is a 401."""
+    urls = await signed_urls(keyed, world)
+    assert len(urls) == 2 and all("?expires=" in url and "&sig=" in url for url in urls)
+    response = await keyed.get(urls[1])
+    assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+    assert response.headers["cache-control"].startswith("private")
+    assert (await keyed.get(urls[1].split("?")[0])).status_code == 401
+
+
+async def test_a_jobs_json_and_etag_do_not_change_between_reads(
+    keyed: httpx.AsyncClient, world: dict
+) -> None:
+    """The signature's expiry is rounded up to half the TTL, so two reads of a job give the
+    same bytes and ETag (a conditional GET is a 304)."""
+    headers = bearer(world["tokens"]["owner"])
+    first = await keyed.get(f"/generations/{world['done']}", headers=headers)
+    second = await keyed.get(
+        f"/generations/{world['done']}", headers={**headers, "If-None-Match": first.headers["etag"]}
+    )
+    assert second.status_code == 304 and second.headers["etag"] == first.headers["etag"]
+
+
+def expiry_of(url: str) -> int:
+    return int(url.split("expires=")[1].split("&")[0])
+
+
+async def test_the_expiry_is_a_multiple_of_half_the_ttl_at_least_a_ttl_away(
+    keyed: httpx.AsyncClient, world: dict, keyed_settings: Settings
+) -> None:
+    """A signed URL expires at a multiple of IMAGE_URL_TTL / 2, between one TTL and one and a
+    half TTLs from now."""
+    import time
+
+    ttl = keyed_settings.image_url_ttl
+    before = time.time()
+    expires = expiry_of((await signed_urls(keyed, world))[0])
+    after = time.time()
+    assert expires % (ttl / 2) == 0
+    assert before + ttl <= expires <= after + 1.5 * ttl
+
+
+async def test_an_expired_or_altered_signature_is_not_found(
+    keyed: httpx.AsyncClient, pool: asyncpg.Pool, world: dict, make_key: MakeKey
+) -> None:
+    """An expired URL (correctly signed for a past time), an altered path, an altered
+    signature, and another job's signature are each a 404 problem."""
+    import time
+
+    urls = await signed_urls(keyed, world)
+    path0, query0 = urls[0].split("?")
+    path1 = urls[1].split("?")[0]
+    secret = await keys.server_secret(pool, keys.IMAGE_URL_SECRET)
+    past = int(time.time()) - 10
+    expired = path0 + auth.Signing(secret, past)(path0)
+    signature = query0.split("sig=")[1]
+    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    other_job = await create(keyed, world["tokens"]["other"])
+    await store_png(pool, other_job["jobId"], 0)
+    for url in (
+        expired,
+        f"{path1}?{query0}",  # the signature of image 0 on image 1
+        f"{path0}?{query0.replace(signature, flipped)}",
+        f"/images/{other_job['jobId']}/0.png?{query0}",  # another job's signature
+        f"{path0}?expires={expiry_of(urls[0]) + 1}&sig={signature}",  # a later expiry
+    ):
+        response = await keyed.get(url)
+        assert response.status_code == 404, url
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_image_urls_are_not_signed_without_keys(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """With AUTH=none image URLs are plain and images are publicly cacheable, as before."""
+    job = (await client.post("/generations", json={"numImages": 1})).json()
+    await store_png(pool, job["jobId"], 0)
+    read = (await client.get(f"/generations/{job['jobId']}")).json()
+    assert read["imageUrls"] == [f"http://menagerie.test/images/{job['jobId']}/0.png"]
+    image = await client.get(f"/images/{job['jobId']}/0.png")
+    assert image.headers["cache-control"].startswith("public")
+
+
+# Headers
+
+
+async def test_every_answer_carries_the_security_headers(keyed: httpx.AsyncClient, world: dict) -> None:
+    """nosniff and no-referrer on every answer (200, 401, 404, public or keyed); keyed JSON
+    answers are Cache-Control private."""
+    owner = bearer(world["tokens"]["owner"])
+    for path, headers in (
+        ("/healthz", {}),
+        ("/generations", {}),
+        ("/generations", owner),
+        ("/no/such/path", owner),
+        (f"/generations/{world['done']}", owner),
+    ):
+        response = await keyed.get(path, headers=headers)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["referrer-policy"] == "no-referrer", path
+        if headers:
+            assert response.headers["cache-control"] == "private", path
+
+
+async def test_cors_preflight_answers_only_the_configured_origins(
+    keyed_settings: Settings, world: dict
+) -> None:
+    """With CORS_ORIGINS set, a preflight from that origin may send Authorization, and answers
+    carry Access-Control-Allow-Origin; another origin's preflight is refused; without
+    CORS_ORIGINS no origin is allowed."""
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    allowed = keyed_settings.model_copy(update={"cors_origins": ["https://app.example"]})
+    async with api_client(allowed) as http:
+        ok = await http.options("/generations", headers={**preflight, "Origin": "https://app.example"})
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+        refused = await http.options("/generations", headers={**preflight, "Origin": "https://evil.example"})
+        assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+        read = await http.get(
+            "/generations", headers={**bearer(world["tokens"]["owner"]), "Origin": "https://app.example"}
+        )
+        assert read.headers["access-control-allow-origin"] == "https://app.example"
+    async with api_client(keyed_settings) as http:
+        none = await http.options("/generations", headers={**preflight, "Origin": "https://app.example"})
+        assert "access-control-allow-origin" not in none.headers
+
+
+def test_cors_origins_is_a_comma_list() -> None:
+    """CORS_ORIGINS reads as a comma list; unset, no origin."""
+    assert Settings(_env_file=None, cors_origins="https://a.example, https://b.example").cors_origins == [
+        "https://a.example",
+        "https://b.example",
+    ]
+    assert Settings(_env_file=None).cors_origins == []
+
+
+# Limits
+
+
+async def test_a_key_over_its_burst_gets_429_with_ratelimit_headers(
+    keyed: httpx.AsyncClient, make_key: MakeKey
+) -> None:
+    """A key with rate 1/s and burst 3 gets 3 answers at once, then a 429 problem with
+    Retry-After and the RateLimit headers; every keyed answer carries RateLimit-Policy and
+    RateLimit; another key is not affected."""
+    slow, other = await make_key("slow", rate=1, burst=3), await make_key("busy", rate=1, burst=3)
+    answers = [await keyed.get("/animals", headers=bearer(slow)) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    for answer in answers:
+        assert answer.headers["ratelimit-policy"] == '"key";q=1;w=1'
+        assert answer.headers["ratelimit"].startswith('"key";r=')
+    refused = answers[-1]
+    assert refused.json()["type"] == "/problems/rate-limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit"].startswith('"key";r=0;')
+    assert (await keyed.get("/animals", headers=bearer(other))).status_code == 200
+
+
+async def test_a_key_at_its_max_pending_gets_its_own_429(keyed: httpx.AsyncClient, make_key: MakeKey) -> None:
+    """A key made with --max-pending 2 creates two pending jobs, then gets a 429 of type
+    too-many-pending (not the global 503); once one is canceled it may create again; another
+    key is not limited by it."""
+    token = await make_key("patient", max_pending=2)
+    first = await create(keyed, token)
+    await create(keyed, token)
+    refused = await keyed.post("/generations", json={"numImages": 1}, headers=bearer(token))
+    assert refused.status_code == 429
+    assert refused.json()["type"] == "/problems/too-many-pending"
+    assert refused.headers["retry-after"]
+    await create(keyed, await make_key("someone"))
+    await keyed.post(f"/generations/{first['jobId']}/cancel", headers=bearer(token))
+    await create(keyed, token)
+
+
+async def test_a_keys_rate_holds_across_two_server_processes(
+    database_url: str, pool: asyncpg.Pool, spawn, make_key: MakeKey
+) -> None:
+    """One key at three times its rate for 5 s, spread over two server processes on one
+    database: no more than rate × 5 + burst requests (plus one second of rate as slack) are
+    accepted in total, the rest are 429 with Retry-After and RateLimit headers; another key
+    at a quarter of its rate meanwhile gets every request through."""
+    rate, burst, seconds = 10, 5, 5
+    hasty = await make_key("hasty", rate=rate, burst=burst)
+    calm = await make_key("calm", rate=rate, burst=burst)
+    bases = []
+    for _ in range(2):
+        port = free_port()
+        env = {"DATABASE_URL": database_url, "AUTO_MIGRATE": "false", "PORT": str(port), "AUTH": "keys"}
+        server = spawn("server.py", env=env)
+        bases.append((f"http://127.0.0.1:{port}", server))
+    for base, server in bases:
+        await wait_ready(base, server)
+    async with httpx.AsyncClient(timeout=10) as http:
+        sent: list[asyncio.Task[httpx.Response]] = []
+        calm_sent: list[asyncio.Task[httpx.Response]] = []
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index in range(3 * rate * seconds):
+            base = bases[index % 2][0]
+            sent.append(asyncio.create_task(http.get(f"{base}/animals", headers=bearer(hasty))))
+            if index % 12 == 0:
+                calm_sent.append(asyncio.create_task(http.get(f"{base}/animals", headers=bearer(calm))))
+            await asyncio.sleep(max(0.0, start + (index + 1) / (3 * rate) - loop.time()))
+        answers = await asyncio.gather(*sent)
+        calm_answers = await asyncio.gather(*calm_sent)
+    accepted = [answer for answer in answers if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    assert len(accepted) <= rate * seconds + burst + rate, len(accepted)
+    assert refused and {answer.status_code for answer in refused} == {429}
+    for answer in refused:
+        assert int(answer.headers["retry-after"]) >= 1
+        assert answer.headers["ratelimit-policy"] == f'"key";q={rate};w=1'
+        assert answer.headers["ratelimit"].startswith('"key";r=')
+    assert {answer.status_code for answer in calm_answers} == {200}
