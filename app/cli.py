@@ -67,8 +67,7 @@ def run_all(config: settings.Settings) -> int:
     """Start the server and one worker (and the embedded PostgreSQL when DATABASE_URL is
     unset); on Ctrl-C or SIGTERM stop them all, in order, and return the exit code."""
     config = prepare(config.model_copy(update={"debugpy_port": None}))
-    if config.auth == "keys":
-        print(dev_key_banner(config), file=sys.stderr)
+    banner = dev_key_banner(config) if config.auth == "keys" else ""
     env = {**os.environ, "DATABASE_URL": config.database, "AUTO_MIGRATE": "false"}
     # One port cannot serve two debuggees: with DEBUGPY_PORT set, only the worker listens.
     server_env = {key: value for key, value in env.items() if key != "DEBUGPY_PORT"}
@@ -88,6 +87,8 @@ def run_all(config: settings.Settings) -> int:
     while not stopping and all(child.poll() is None for child in children):
         if not announced and _answers(f"http://{_reachable(config.host)}:{config.port}/healthz"):
             print(f"menagerie: serving http://{config.host}:{config.port} (Ctrl-C stops)", file=sys.stderr)
+            if banner:  # last, where it is seen
+                print(banner, file=sys.stderr)
             announced = True
         time.sleep(0.2)
     for child in children:

@@ -139,8 +139,11 @@ def _key(row: Any) -> Key:
 async def take_tokens(conn: db.Executor, *, key_id: int, wanted: int) -> tuple[int, float]:
     """Take up to `wanted` tokens from the key's shared bucket: (taken, tokens left)."""
     row = await conn.fetchrow(queries.key_take_tokens, key_id, wanted)
-    if row is None:
-        return 0, 0.0
+    if row is None:  # no bucket: emptied by a crash
+        await conn.execute(queries.key_bucket_restore, key_id)
+        row = await conn.fetchrow(queries.key_take_tokens, key_id, wanted)
+        if row is None:
+            return 0, 0.0
     return row["granted"], row["remaining"]
 
 

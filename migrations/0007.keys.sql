@@ -43,13 +43,15 @@ COMMENT ON COLUMN keys.max_pending IS 'Pending generations the key may have at o
 COMMENT ON COLUMN keys.last_used_at IS 'Last time a server looked the key up (at most a few seconds stale)';
 COMMENT ON COLUMN keys.revoked_at IS 'When it was revoked; every server refuses it within 5 seconds of that';
 
-CREATE TABLE key_buckets (
+-- Unlogged: taking tokens writes no WAL, so its commit waits for no disk flush. After a crash
+-- the table is empty, and a key's bucket comes back full at its next request.
+CREATE UNLOGGED TABLE key_buckets (
     key_id      bigint PRIMARY KEY REFERENCES keys (id) ON DELETE CASCADE,
     tokens      double precision NOT NULL,
     refilled_at timestamptz NOT NULL DEFAULT clock_timestamp()
 ) WITH (fillfactor = 50);
 
-COMMENT ON TABLE key_buckets IS 'Each key''s token bucket, shared by every server process (they take tokens from it in small batches)';
+COMMENT ON TABLE key_buckets IS 'Each key''s token bucket, shared by every server process (they take tokens from it in small batches); unlogged: emptied by a crash, refilled at the next request';
 COMMENT ON COLUMN key_buckets.tokens IS 'Tokens left at refilled_at; refilled at keys.rate per second up to keys.burst when next taken';
 
 ALTER TABLE generations ADD COLUMN owner_key bigint REFERENCES keys (id);

@@ -39,11 +39,18 @@ ORDER BY revoked_at IS NOT NULL, created_at, id;
 UPDATE keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING prefix;
 
 -- name: key_authenticate
--- The live key with hash $1, noting that it was used; no row for an unknown or revoked one.
+-- The live key with hash $1; no row for an unknown or revoked one. Notes that it was used,
+-- at most once a minute (so that most lookups write nothing).
 -- $1 hash
-UPDATE keys SET last_used_at = now()
-WHERE hash = $1 AND revoked_at IS NULL
-RETURNING id, name, prefix, admin, rate, burst, max_pending;
+WITH found AS (
+    SELECT id, name, prefix, admin, rate, burst, max_pending, last_used_at
+    FROM keys WHERE hash = $1 AND revoked_at IS NULL
+), touched AS (
+    UPDATE keys k SET last_used_at = now()
+    FROM found f
+    WHERE k.id = f.id AND (f.last_used_at IS NULL OR f.last_used_at < now() - interval '1 minute')
+)
+SELECT id, name, prefix, admin, rate, burst, max_pending FROM found;
 
 -- name: key_take_tokens
 -- Refills key $1's bucket for the time since it was last refilled (at keys.rate per second,
@@ -68,6 +75,12 @@ WITH now AS (
     RETURNING least(floor(f.tokens), $2)::integer AS granted, b.tokens AS remaining
 )
 SELECT granted, remaining FROM taken;
+
+-- name: key_bucket_restore
+-- Gives key $1 a full bucket if it has none (key_buckets is unlogged: a crash empties it).
+-- $1 key id
+INSERT INTO key_buckets (key_id, tokens) SELECT id, burst FROM keys WHERE id = $1
+ON CONFLICT (key_id) DO NOTHING;
 
 -- name: key_pending_count
 -- Generations of key $1 waiting to be claimed, counted no further than $2.

@@ -567,3 +567,25 @@ async def test_a_keys_rate_holds_across_two_server_processes(
         assert answer.headers["ratelimit-policy"] == f'"key";q={rate};w=1'
         assert answer.headers["ratelimit"].startswith('"key";r=')
     assert {answer.status_code for answer in calm_answers} == {200}
+
+
+async def test_a_key_whose_bucket_was_lost_gets_a_full_one(
+    keyed: httpx.AsyncClient, pool: asyncpg.Pool, make_key: MakeKey
+) -> None:
+    """key_buckets is unlogged, so a crash empties it: a key with no bucket row is served from
+    a full bucket again, not refused forever."""
+    token = await make_key("phoenix", rate=1, burst=2)
+    await pool.execute("DELETE FROM key_buckets")
+    answers = [(await keyed.get("/animals", headers=bearer(token))).status_code for _ in range(3)]
+    assert answers == [200, 200, 429]
+    assert await pool.fetchval("SELECT count(*) FROM key_buckets") == 1
+
+
+async def test_a_lookup_notes_the_key_as_used(
+    keyed: httpx.AsyncClient, pool: asyncpg.Pool, make_key: MakeKey
+) -> None:
+    """keys.last_used_at is set by the first request with the key."""
+    token = await make_key("fresh")
+    assert await pool.fetchval("SELECT last_used_at FROM keys WHERE name = 'fresh'") is None
+    await keyed.get("/animals", headers=bearer(token))
+    assert await pool.fetchval("SELECT last_used_at FROM keys WHERE name = 'fresh'") is not None

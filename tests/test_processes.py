@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import signal
 import subprocess
@@ -104,6 +105,17 @@ async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ct
     assert not postmaster.exists(), "the embedded PostgreSQL is still running"
 
 
+def read_until(process: subprocess.Popen[bytes], prefix: str) -> list[str]:
+    """Lines of the process's stderr up to the first that starts with `prefix` (or its end)."""
+    lines: list[str] = []
+    assert process.stderr is not None
+    for raw in process.stderr:
+        lines.append(raw.decode().rstrip("\n"))
+        if lines[-1].startswith(prefix):
+            break
+    return lines
+
+
 async def test_the_run_command_makes_the_dev_admin_key_once_and_prints_it_at_each_start(
     database_url, spawn, tmp_path
 ):
@@ -130,10 +142,11 @@ async def test_the_run_command_makes_the_dev_admin_key_once_and_prints_it_at_eac
             )
             assert answer.status_code == 200
             assert (await http.get("/generations")).status_code == 401
+        lines = await asyncio.to_thread(read_until, runner, "export MENAGERIE_KEY=")
         runner.send_signal(signal.SIGINT)
-        _, stderr = runner.communicate(timeout=30)
-        exports = [line for line in stderr.decode().splitlines() if line.startswith("export MENAGERIE_KEY=")]
-        assert len(exports) == 1, stderr.decode()[-2000:]
+        runner.communicate(timeout=30)
+        exports = [line for line in lines if line.startswith("export MENAGERIE_KEY=")]
+        assert len(exports) == 1, lines[-20:]
         printed.append(exports[0].removeprefix("export MENAGERIE_KEY="))
     assert printed[0] == printed[1] and printed[0].startswith("mng_")
     assert kept.read_text().strip() == printed[0]
