@@ -630,3 +630,26 @@ async def test_a_keys_listing_reads_few_rows_among_100k_jobs_of_another_key(
             assert read <= 500, (mode, read)
     page = await generations.list_page(pool, status=wanted, after=None, limit=51, viewer=small)
     assert len(page) == (25 if status is None else 5)
+
+
+async def test_keys_appear_in_logs_and_metrics_only_as_their_prefix(
+    keyed: httpx.AsyncClient, pool: asyncpg.Pool, make_key: MakeKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creating a job logs the key's prefix, a refused key is logged by its prefix (or not at
+    all when it does not look like a key); no key reaches a log line, a problem body or the
+    metrics."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    token = await make_key("logged")
+    unknown = keys.new_key()
+    await create(keyed, token)
+    refused = await keyed.get("/generations", headers=bearer(unknown))
+    await keyed.get("/generations", headers={"Authorization": "Bearer not-a-key-at-all"})
+    metrics = (await keyed.get("/metrics")).text
+    records = [
+        record for record in caplog.records if getattr(record, "action", "") in ("job_created", "key_refused")
+    ]
+    assert [getattr(record, "key", None) for record in records] == [token[:12], unknown[:12], "(not a key)"]
+    for text in (caplog.text, refused.text, metrics):
+        assert token not in text and unknown not in text and "not-a-key-at-all" not in text

@@ -322,9 +322,8 @@ class AuthMiddleware:
             return
         if key is None or verdict is None:
             log.info(
-                "refused a request with a missing or unknown key %s",
-                keys.shown(token),
-                extra={"action": "key_refused"},
+                "refused a request with a missing, unknown or revoked key",
+                extra={"action": "key_refused", "key": keys.shown(token)},
             )
             await problem_response(unauthorized())(scope, receive, send)
             return
