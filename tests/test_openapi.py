@@ -30,7 +30,7 @@ async def test_the_document_is_valid_openapi_3_1_and_documents_every_route(clien
     assert documented == app_routes
 
 
-NO_EXAMPLE = {"Idempotency-Key", "Prefer", "If-None-Match", "Last-Event-ID", "cursor"}
+NO_EXAMPLE = {"Idempotency-Key", "Prefer", "If-None-Match", "Last-Event-ID", "lastEventId", "cursor"}
 """Parameters Swagger UI's "Try it out" must not fill in: each changes what the request does
 (a sample key replays an old job, a sample cursor lists nothing); their descriptions say
 what goes there."""
@@ -89,7 +89,8 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
     """Schemathesis, run against a real server and worker, generates requests for every
     operation: none gets a 5xx, and every response matches the documented schema, status,
     content type and headers. (Positive-data acceptance is left out: a cursor or an
-    Idempotency-Key reused with another body is rejected by design, which no schema can say.)"""
+    Idempotency-Key reused with another body is rejected by design, which no schema can say.
+    GET /generations/events is left out: its stream never ends.)"""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -112,6 +113,10 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
             "all",
             "--exclude-checks",
             "positive_data_acceptance",
+            # The stream of every job's events never ends, so each request to it would only
+            # wait out the timeout; tests/test_feed.py holds its events to the schema.
+            "--exclude-operation-id",
+            "all_events",
             "--max-examples",
             "15",
             "--seed",

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app import db
-from app.api import backlog, cursors, docs, idempotency, openapi, problems, streams, swagger
+from app.api import backlog, cursors, docs, feed, idempotency, openapi, problems, streams, swagger
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.api.models import (
     MAX_BODY_BYTES,
@@ -35,6 +35,7 @@ from app.api.models import (
     ListQuery,
     job_json,
     jobs_json,
+    queue_json,
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
@@ -45,6 +46,7 @@ from app.images.animals import ANIMALS
 from app.images.generations import Generation
 from app.images.generations import Request as GenerationSpec
 from app.migrate import migration_ids
+from app.queue import overview
 from app.queue.kinds import Status
 from app.settings import Settings
 
@@ -262,6 +264,53 @@ async def job_events(request: Request) -> Response:
     )
 
 
+def requested_position(request: Request) -> int | None:
+    """Where a client of GET /generations/events resumes: `Last-Event-ID` (sent by EventSource
+    when it reconnects by itself), else the `lastEventId` query parameter (a page that opens a
+    new EventSource after a refusal has no other way to send it); None: from now."""
+    found = None
+    for where, name, given in (
+        ("query", "lastEventId", request.query_params.get("lastEventId")),
+        ("header", "Last-Event-ID", header(request, b"last-event-id")),
+    ):
+        if given is None:
+            continue
+        if not (given.isascii() and given.isdigit() and len(given) <= 18):
+            raise Problem.invalid([where, name], "not an event id this service issued")
+        found = int(given)
+    return found
+
+
+@documented(docs.ALL_EVENTS)
+async def all_events(request: Request) -> Response:
+    """Server-Sent Events: every change to every generation, from now or from an event id."""
+    state = request.state
+    root = base_url(request)
+
+    def render(job: Generation) -> str:
+        return job_json(job, base_url=root).decode()
+
+    body = feed.stream(
+        state.pool,
+        state.watch,
+        after=requested_position(request),
+        heartbeat=state.settings.sse_heartbeat,
+        render=render,
+    )
+    first = await anext(body)  # reads the database: a 503 now rather than a broken stream
+    return StreamingResponse(
+        counted(first, body, state.metrics.open_streams),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@documented(docs.QUEUE)
+async def queue_overview(request: Request) -> Response:
+    """The queue at a glance, for operators and the dashboard's strip."""
+    return Response(queue_json(await overview.read(request.state.pool)), media_type="application/json")
+
+
 @documented(docs.LIST_GENERATIONS)
 async def list_generations(request: Request) -> Response:
     try:
@@ -403,11 +452,13 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
+        Route("/generations/events", all_events, methods=["GET"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
+        Route("/queue", queue_overview, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, ProblemOut
+from app.api.models import GenerationRequest, JobOut, ProblemOut, QueueOut
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,7 +174,12 @@ def build(
         for method in sorted(route.methods - {"HEAD"}):
             paths.setdefault(route.path, {})[method.lower()] = _operation(op, route.endpoint.__name__)
     schemas = _schemas(
-        [(GenerationRequest, "validation"), (JobOut, "serialization"), (ProblemOut, "serialization")]
+        [
+            (GenerationRequest, "validation"),
+            (JobOut, "serialization"),
+            (ProblemOut, "serialization"),
+            (QueueOut, "serialization"),
+        ]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
     return {

@@ -136,6 +136,28 @@ async def forget(conn: db.Connection, job_ids: list[UUID]) -> None:
     await conn.execute(queries.generation_forget, job_ids)
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A recorded event of a job: its id (ordered), its type, and for a generation the job as
+    it is now (None for another kind's event)."""
+
+    event_id: int
+    type: str
+    job: Generation | None
+
+
+@db.translated
+async def events_after(conn: Connection, *, after: int, limit: int) -> tuple[list[Change], str | None]:
+    """Up to `limit` events after id `after`, in id order, of every kind; and the snapshot they
+    were read under (None when there were none)."""
+    rows = await conn.fetch(queries.generation_events_after, after, limit)
+    changes = [
+        Change(row["event_id"], row["type"], None if row["id"] is None else Generation.from_record(row))
+        for row in rows
+    ]
+    return changes, rows[0]["snapshot"] if rows else None
+
+
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 """A cursor after every job: where the first page starts."""
 
