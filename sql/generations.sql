@@ -120,3 +120,13 @@ LEFT JOIN jobs j ON j.id = g.job_id
 WHERE e.id > $1
 ORDER BY e.id
 LIMIT $2;
+
+-- name: generation_history
+-- Every recorded change of a generation, oldest first: type, status after it, what it adds
+-- (jsonb as text: an attempt's number, an image's index, an error) and when. No rows for an
+-- unknown job or another kind's.
+-- $1 job id
+SELECT e.type, e.status, e.data::text AS data, e.at
+FROM job_events e JOIN generations g ON g.job_id = e.job_id
+WHERE e.job_id = $1
+ORDER BY e.version;

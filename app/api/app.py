@@ -25,7 +25,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app import db
-from app.api import backlog, cursors, docs, feed, idempotency, openapi, problems, streams, swagger
+from app.api import (
+    backlog,
+    cursors,
+    docs,
+    etags,
+    feed,
+    idempotency,
+    openapi,
+    page,
+    problems,
+    streams,
+    swagger,
+)
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.api.models import (
     MAX_BODY_BYTES,
@@ -33,6 +45,7 @@ from app.api.models import (
     MAX_WAIT_SECONDS,
     GenerationRequest,
     ListQuery,
+    history_json,
     job_json,
     jobs_json,
     queue_json,
@@ -130,9 +143,9 @@ def job_response(
 ) -> Response:
     """The job as JSON with a strong ETag of its bytes; 304 when If-None-Match has it."""
     body = job_json(job, base_url=base_url(request))
-    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    etag = etags.of(body)
     headers = {**(headers or {}), "ETag": etag}
-    if status_code == 200 and etag_matches(header(request, b"if-none-match"), etag):
+    if status_code == 200 and etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
@@ -305,6 +318,17 @@ async def all_events(request: Request) -> Response:
     )
 
 
+@documented(docs.JOB_HISTORY)
+async def job_history(request: Request) -> Response:
+    """Every recorded change of one job, for the dashboard's detail view."""
+    pool = request.state.pool
+    job_id = parse_job_id(request)
+    moments = await generations.history(pool, job_id=job_id)
+    if not moments and await generations.get(pool, job_id=job_id) is None:
+        raise problems.no_such_job()
+    return Response(history_json(moments), media_type="application/json")
+
+
 @documented(docs.QUEUE)
 async def queue_overview(request: Request) -> Response:
     """The queue at a glance, for operators and the dashboard's strip."""
@@ -345,17 +369,9 @@ async def get_image(request: Request) -> Response:
     png, digest = found
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-    if etag_matches(header(request, b"if-none-match"), etag):
+    if etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(png, headers=headers, media_type="image/png")
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x"."""
-    if not if_none_match:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in tags or etag in tags
 
 
 @documented(docs.CANCEL_GENERATION)
@@ -456,6 +472,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
+        Route("/generations/{job_id}/history", job_history, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
         Route("/queue", queue_overview, methods=["GET"]),
@@ -464,6 +481,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         *swagger.routes(),
+        *page.routes(image_origin=image_origin(settings)),
     ]
     app = Starlette(
         routes=routes,
@@ -481,6 +499,14 @@ def create_app(settings: Settings) -> Starlette:
         )
     ).body
     return app
+
+
+def image_origin(settings: Settings) -> str | None:
+    """The origin of PUBLIC_BASE_URL (the images' URLs), when it is set."""
+    if settings.public_base_url is None:
+        return None
+    url = settings.public_base_url
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
 
 
 API_DESCRIPTION = (

@@ -12,6 +12,7 @@ from app.api.models import (
     GenerationRequest,
     JobOut,
     ListQuery,
+    MomentOut,
     QueueOut,
 )
 from app.api.openapi import Header, Operation, Param, Reply
@@ -246,6 +247,44 @@ JOB_EVENTS = Operation(
                 "event: image\nid: processing.1\ndata: {…}\n\n"
                 "event: status\nid: completed.2\ndata: {…}\n\n"
             ),
+        ),
+        404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
+JOB_HISTORY = Operation(
+    summary="A job's history",
+    description=(
+        "Every recorded change of the job, oldest first: its creation, each attempt's start, "
+        "each image stored, each failed attempt and why, and how it ended."
+    ),
+    params=(JOB_ID,),
+    replies={
+        200: Reply(
+            "The changes, oldest first",
+            model=MomentOut,
+            many=True,
+            example=[
+                {
+                    "type": "created",
+                    "status": "pending",
+                    "data": None,
+                    "at": "2026-11-27T10:30:00.123456+00:00",
+                },
+                {
+                    "type": "started",
+                    "status": "processing",
+                    "data": {"attempt": 1},
+                    "at": "2026-11-27T10:30:00.125002+00:00",
+                },
+                {
+                    "type": "retrying",
+                    "status": "pending",
+                    "data": {"error": "provider timed out", "runAt": "2026-11-27T10:30:02.1+00:00"},
+                    "at": "2026-11-27T10:30:01.2+00:00",
+                },
+            ],
         ),
         404: NOT_FOUND,
         503: UNAVAILABLE,

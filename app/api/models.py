@@ -19,7 +19,7 @@ from pydantic import (
 
 from app.api.problems import echo
 from app.images.animals import ANIMALS
-from app.images.generations import Generation
+from app.images.generations import Generation, Moment
 from app.queue.kinds import Status as JobStatus
 from app.queue.overview import Overview
 
@@ -138,6 +138,30 @@ def job_json(job: Generation, *, base_url: str) -> bytes:
 def jobs_json(jobs: Iterable[Generation], *, base_url: str) -> bytes:
     """A JSON array of jobs, each as `job_json` writes it."""
     return b"[" + b",".join(job_json(job, base_url=base_url) for job in jobs) + b"]"
+
+
+class MomentOut(BaseModel):
+    """One recorded change of a job."""
+
+    type: str = Field(
+        description="created, started, progress, retrying, requeued, completed, failed or canceled"
+    )
+    status: JobStatus = Field(description="The job's status after it")
+    data: dict[str, Any] | None = Field(
+        description="What the change adds: `attempt` (started), `image` (progress, counted from 0), `error` (retrying, failed)"
+    )
+    at: Timestamp
+
+
+def history_json(moments: Iterable[Moment]) -> bytes:
+    """A job's history as a JSON array of MomentOut."""
+    return _json.dumps(
+        [
+            {"type": moment.type, "status": moment.status, "data": moment.data, "at": moment.at.isoformat()}
+            for moment in moments
+        ],
+        separators=(",", ":"),
+    ).encode()
 
 
 class KindLoadOut(BaseModel):

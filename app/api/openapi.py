@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, ProblemOut, QueueOut
+from app.api.models import GenerationRequest, JobOut, MomentOut, ProblemOut, QueueOut
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -179,6 +179,7 @@ def build(
             (JobOut, "serialization"),
             (ProblemOut, "serialization"),
             (QueueOut, "serialization"),
+            (MomentOut, "serialization"),
         ]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images

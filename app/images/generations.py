@@ -5,6 +5,7 @@ what it asks for. One function per query in sql/generations.sql.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,29 @@ async def events_after(conn: Connection, *, after: int, limit: int) -> tuple[lis
         for row in rows
     ]
     return changes, rows[0]["snapshot"] if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One recorded change of a job: created, started (its attempt), progress (an image),
+    retrying (the error), completed, failed, canceled, requeued."""
+
+    type: str
+    status: str
+    data: dict[str, Any] | None
+    at: datetime
+
+
+@db.translated
+async def history(conn: Connection, *, job_id: UUID) -> list[Moment]:
+    """Every recorded change of a generation, oldest first (empty for an unknown job)."""
+    rows = await conn.fetch(queries.generation_history, job_id)
+    return [
+        Moment(
+            row["type"], row["status"], None if row["data"] is None else json.loads(row["data"]), row["at"]
+        )
+        for row in rows
+    ]
 
 
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
