@@ -48,18 +48,24 @@ function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "–";
 }
 
+// A timestamp in microseconds: the server's order is finer than Date's milliseconds.
+function micros(iso) {
+  const fraction = (iso.match(/\.(\d+)/) || ["", ""])[1].padEnd(6, "0");
+  return Date.parse(iso) * 1000 + Number(fraction.slice(3, 6));
+}
+
 // Newest first: by createdAt, then jobId, as GET /generations orders them.
 function olderThan(a, b) {
-  const ta = Date.parse(a.createdAt);
-  const tb = Date.parse(b.createdAt);
+  const ta = micros(a.createdAt);
+  const tb = micros(b.createdAt);
   return ta < tb || (ta === tb && a.jobId < b.jobId);
 }
 
 // Whether `incoming` is at least as recent as `known` (events and pages may cross).
 function supersedes(incoming, known) {
   if (TERMINAL.has(known.status) && !TERMINAL.has(incoming.status)) return false;
-  const ti = Date.parse(incoming.updatedAt);
-  const tk = Date.parse(known.updatedAt);
+  const ti = micros(incoming.updatedAt);
+  const tk = micros(known.updatedAt);
   return ti > tk || (ti === tk && incoming.imageUrls.length >= known.imageUrls.length);
 }
 
@@ -97,6 +103,9 @@ function fillCard(li, job) {
   time.dateTime = job.createdAt;
   time.textContent = age(job.createdAt);
   li.querySelector(".count").textContent = `${job.imageUrls.length}/${job.numImages} images`;
+  const reason = li.querySelector(".reason");
+  reason.textContent = job.error || "";
+  reason.hidden = !job.error;
   thumbnails(li.querySelector(".strip"), job);
 }
 
@@ -111,6 +120,7 @@ function newCard(job) {
       " · ",
       element("time"),
     ]),
+    element("span", { className: "reason" }),
   ]);
   open.setAttribute("aria-label", `Open the ${job.animal} job`);
   open.addEventListener("click", () => openDetail(job.jobId, open));
