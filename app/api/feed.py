@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
+from app.api.models import Signer
 from app.api.streams import JobWatch, sse
 from app.images import generations
 from app.images.generations import Change, Generation
@@ -40,8 +41,9 @@ class Follower:
     final (a missing one never comes); `gap`, the snapshot under which a gap was first seen and
     the highest id read then."""
 
-    def __init__(self, last: int) -> None:
+    def __init__(self, last: int, *, viewer: int | None) -> None:
         self.last = last
+        self.viewer = viewer
         self.settled = last
         self.gap: tuple[str, int] | None = None
 
@@ -51,7 +53,9 @@ class Follower:
         if self.gap is not None and await jobs.events_settled(pool, snapshot=self.gap[0]):
             self.settled = max(self.settled, self.gap[1])
             self.gap = None
-        found, snapshot = await generations.events_after(pool, after=self.last, limit=BATCH)
+        found, snapshot = await generations.events_after(
+            pool, after=self.last, limit=BATCH, viewer=self.viewer
+        )
         passed: list[Change] = []
         for change in found:
             if change.event_id != self.last + 1 and change.event_id > self.settled:
@@ -77,12 +81,14 @@ async def start_position(pool: asyncpg.Pool) -> int:
     return last
 
 
-def rendered(changes: list[Change], render: Callable[[Generation], str]) -> list[tuple[int, str]]:
+def rendered(
+    changes: list[Change], render: Callable[[Generation, Signer | None], str], signer: Signer | None
+) -> list[tuple[int, str]]:
     """The events of generations among `changes`, (id, text): for a job changed several
     times, only its last change, since every event carries the job as it is now."""
     latest = {change.job.id: change.event_id for change in changes if change.job is not None}
     return [
-        (change.event_id, sse(change.type, str(change.event_id), render(change.job)))
+        (change.event_id, sse(change.type, str(change.event_id), render(change.job, signer)))
         for change in changes
         if change.job is not None and latest[change.job.id] == change.event_id
     ]
@@ -94,13 +100,17 @@ async def stream(
     *,
     after: int | None,
     heartbeat: float,
-    render: Callable[[Generation], str],
+    viewer: int | None,
+    render: Callable[[Generation, Signer | None], str],
+    signer: Callable[[], Awaitable[Signer | None]],
 ) -> AsyncIterator[str]:
     """Server-Sent Events: `ready` (its id the position the stream starts from), then every
-    change to generations after `after` (None: from now), until the client goes away."""
+    change after `after` (None: from now) to the generations key `viewer` owns (None: all),
+    until the client goes away. Image URLs are signed afresh for each batch (`signer`): a
+    stream outlives any one signature."""
     with watch.watch_all() as changed:
         resumed = after is not None
-        follower = Follower(after if after is not None else await start_position(pool))
+        follower = Follower(after if after is not None else await start_position(pool), viewer=viewer)
         yield "retry: 1000\n\n"
         yield sse("ready", str(follower.last), json.dumps({"resumed": resumed}))
         sent = follower.last
@@ -108,7 +118,7 @@ async def stream(
         while True:
             changed.clear()
             changes, held, more = await follower.next_batch(pool)
-            for event_id, text in rendered(changes, render):
+            for event_id, text in rendered(changes, render, await signer() if changes else None):
                 yield text
                 sent = event_id
             if follower.last != sent:

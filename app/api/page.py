@@ -68,7 +68,6 @@ def routes(*, image_origin: str | None = None) -> list[BaseRoute]:
         headers = {
             "ETag": asset.etag,
             "Cache-Control": "no-cache",
-            "X-Content-Type-Options": "nosniff",
         }
         if asset.media_type.startswith("text/html"):
             headers["Content-Security-Policy"] = policy

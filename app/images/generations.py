@@ -61,11 +61,13 @@ class Generation:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What a client asks for: `num_images` pictures of `animal`."""
+    """What a client asks for: `num_images` pictures of `animal`; `owner`: the key asking
+    (keys.id), None without one."""
 
     num_images: int
     animal: str
     max_attempts: int
+    owner: int | None = None
 
 
 @db.translated
@@ -79,6 +81,7 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.animal for request in requests],
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
+        [request.owner for request in requests],
     )
     created = {row[0]: row[1] for row in rows}
     return [
@@ -109,15 +112,17 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
 
 
 @db.translated
-async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
-    row = await conn.fetchrow(queries.generation_get, job_id)
+async def get(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> Generation | None:
+    """The generation, if key `viewer` owns it (None: whoever owns it)."""
+    row = await conn.fetchrow(queries.generation_get, job_id, viewer)
     return None if row is None else Generation.from_record(row)
 
 
 @db.translated
-async def cancel(conn: Connection, *, job_id: UUID) -> bool:
-    """Cancel the job if it is pending or processing; False when unknown or already finished."""
-    return await conn.fetchval(queries.generation_cancel, job_id) is not None
+async def cancel(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> bool:
+    """Cancel the job if it is pending or processing (and key `viewer` owns it, unless None);
+    False when unknown, another key's, or already finished."""
+    return await conn.fetchval(queries.generation_cancel, job_id, viewer) is not None
 
 
 @db.translated
@@ -148,10 +153,13 @@ class Change:
 
 
 @db.translated
-async def events_after(conn: Connection, *, after: int, limit: int) -> tuple[list[Change], str | None]:
-    """Up to `limit` events after id `after`, in id order, of every kind; and the snapshot they
-    were read under (None when there were none)."""
-    rows = await conn.fetch(queries.generation_events_after, after, limit)
+async def events_after(
+    conn: Connection, *, after: int, limit: int, viewer: int | None = None
+) -> tuple[list[Change], str | None]:
+    """Up to `limit` events after id `after`, in id order, of every kind (the job only for
+    generations key `viewer` owns; None: all); and the snapshot they were read under (None
+    when there were none)."""
+    rows = await conn.fetch(queries.generation_events_after, after, limit, viewer)
     changes = [
         Change(row["event_id"], row["type"], None if row["id"] is None else Generation.from_record(row))
         for row in rows
@@ -171,9 +179,10 @@ class Moment:
 
 
 @db.translated
-async def history(conn: Connection, *, job_id: UUID) -> list[Moment]:
-    """Every recorded change of a generation, oldest first (empty for an unknown job)."""
-    rows = await conn.fetch(queries.generation_history, job_id)
+async def history(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> list[Moment]:
+    """Every recorded change of a generation, oldest first (empty for an unknown job, or one
+    key `viewer` does not own)."""
+    rows = await conn.fetch(queries.generation_history, job_id, viewer)
     return [
         Moment(
             row["type"], row["status"], None if row["data"] is None else json.loads(row["data"]), row["at"]
@@ -187,24 +196,36 @@ FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 
 
 def list_statement(
-    status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+    status: Status | None, after: tuple[datetime, UUID] | None, limit: int, viewer: int | None = None
 ) -> tuple[str, tuple[Any, ...]]:
     """The listing query for `status` (None: every job) and its arguments. Each status has the
     query that reads the right index, even in a generic plan."""
     created_at, job_id = after or FIRST_PAGE
     if status is None:
-        return queries.generation_list, (created_at, job_id, limit)
+        return queries.generation_list, (created_at, job_id, limit, viewer)
     if status is Status.COMPLETED:
-        return queries.generation_list_completed, (created_at, job_id, limit)
+        return queries.generation_list_completed, (created_at, job_id, limit, viewer)
     if status in (Status.PENDING, Status.PROCESSING):
-        return queries.generation_list_waiting, (status is Status.PROCESSING, created_at, job_id, limit)
-    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit)
+        return queries.generation_list_waiting, (
+            status is Status.PROCESSING,
+            created_at,
+            job_id,
+            limit,
+            viewer,
+        )
+    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, viewer)
 
 
 @db.translated
 async def list_page(
-    conn: Connection, *, status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+    conn: Connection,
+    *,
+    status: Status | None,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+    viewer: int | None = None,
 ) -> list[Generation]:
-    """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
-    query, args = list_statement(status, after, limit)
+    """Newest first; `after` is the (created_at, id) of the last job of the previous page.
+    Only the generations key `viewer` owns (None: every one)."""
+    query, args = list_statement(status, after, limit, viewer)
     return [Generation.from_record(row) for row in await conn.fetch(query, *args)]
