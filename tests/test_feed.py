@@ -231,6 +231,7 @@ async def test_the_queue_overview_counts_waiting_running_workers_and_recent_fail
     """GET /queue, per kind: jobs waiting, running and due, and how long the oldest due one
     has waited; the live worker (the test's worker process, running generations); failures
     of the last hour, final and retrying."""
+
     async def worker_live() -> bool:
         return await pool.fetchval("SELECT count(*) FROM live_workers") == 1
 
