@@ -198,13 +198,18 @@ FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 def list_statement(
     status: Status | None, after: tuple[datetime, UUID] | None, limit: int, viewer: int | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """The listing query for `status` (None: every job) and its arguments. Each status has the
-    query that reads the right index, even in a generic plan."""
+    """The listing query for `status` (None: every job) and its arguments, for key `viewer`'s
+    jobs (None: everyone's). Each has the query that reads the right index, even in a generic
+    plan."""
     created_at, job_id = after or FIRST_PAGE
     if status is None:
-        return queries.generation_list, (created_at, job_id, limit, viewer)
+        if viewer is not None:
+            return queries.generation_list_owned, (created_at, job_id, limit, viewer)
+        return queries.generation_list, (created_at, job_id, limit)
     if status is Status.COMPLETED:
-        return queries.generation_list_completed, (created_at, job_id, limit, viewer)
+        if viewer is not None:
+            return queries.generation_list_completed_owned, (created_at, job_id, limit, viewer)
+        return queries.generation_list_completed, (created_at, job_id, limit)
     if status in (Status.PENDING, Status.PROCESSING):
         return queries.generation_list_waiting, (
             status is Status.PROCESSING,
