@@ -338,6 +338,17 @@ async def all_events(request: Request) -> Response:
     event id."""
     state = request.state
     root = base_url(request)
+    keyed: auth.Auth | None = state.auth
+    viewer = auth.viewer(request.scope)
+    if keyed is not None and auth.caller(request.scope) is None:  # no key: a stream token
+        key = await keyed.stream_key(request.query_params.get("token", ""))
+        if key is None:
+            raise Problem(
+                401,
+                "the stream token is not valid or has expired: ask for a new one",
+                type="/problems/unauthorized",
+            )
+        viewer = key.viewer
 
     def render(job: Generation, signer: Signer | None) -> str:
         return job_json(job, base_url=root, signer=signer).decode()
@@ -347,7 +358,7 @@ async def all_events(request: Request) -> Response:
         state.watch,
         after=requested_position(request),
         heartbeat=state.settings.sse_heartbeat,
-        viewer=auth.viewer(request.scope),
+        viewer=viewer,
         render=render,
         signer=lambda: image_signer(request),
     )
@@ -357,6 +368,17 @@ async def all_events(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@documented(docs.STREAM_TOKEN)
+async def stream_token(request: Request) -> Response:
+    """A short-lived token that opens GET /generations/events for the caller's key."""
+    keyed: auth.Auth | None = request.state.auth
+    key = auth.caller(request.scope)
+    if keyed is None or key is None:
+        raise Problem(404, "no token is needed: this server asks for no key (AUTH=none)")
+    token = await keyed.streams.issue(key)
+    return JSONResponse({"token": token, "expiresIn": int(keyed.streams.ttl)})
 
 
 @documented(docs.JOB_HISTORY)
@@ -529,6 +551,7 @@ def create_app(settings: Settings) -> Starlette:
                     image_url_secret=None
                     if settings.image_url_secret is None
                     else settings.image_url_secret.get_secret_value().encode(),
+                    stream_token_ttl=settings.stream_token_ttl,
                 ),
             }
         finally:
@@ -541,6 +564,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
         Route("/generations/events", all_events, methods=["GET"]),
+        Route("/generations/events/token", stream_token, methods=["POST"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),

@@ -329,6 +329,12 @@ ALL_EVENTS = Operation(
             "The same, for a client that cannot send headers (a new EventSource); the header wins",
             {"type": "string", "pattern": "^[0-9]{1,18}$"},
         ),
+        Param(
+            "token",
+            "query",
+            "With AUTH=keys, instead of an Authorization header: a token from POST /generations/events/token",
+            {"type": "string"},
+        ),
     ),
     replies={
         200: Reply(
@@ -368,6 +374,35 @@ ALL_EVENTS = Operation(
         422: Reply(
             "The event id is not one this service issued",
             problems={"/problems/validation-error": "Last-Event-ID: not an event id this service issued"},
+        ),
+        503: UNAVAILABLE,
+    },
+)
+
+STREAM_TOKEN = Operation(
+    summary="A token to open the event stream",
+    description=(
+        "With AUTH=keys: a token, valid `expiresIn` seconds (STREAM_TOKEN_TTL), that opens "
+        "`GET /generations/events?token=…` for this key, since a browser's EventSource cannot "
+        "send an Authorization header. A stream opened with it stays open after it expires; "
+        "a reconnection after that needs a new token. With AUTH=none there is nothing to "
+        "issue (404)."
+    ),
+    replies={
+        200: Reply(
+            "The token",
+            content={
+                "application/json": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string"}, "expiresIn": {"type": "integer"}},
+                    "required": ["token", "expiresIn"],
+                }
+            },
+            example={"token": "7.1796035460.kq3Z0nF8m1VY2x5yR0cT1Q", "expiresIn": 60},
+        ),
+        404: Reply(
+            "The server asks for no key (AUTH=none)",
+            problems={"about:blank": "no token is needed: this server asks for no key (AUTH=none)"},
         ),
         503: UNAVAILABLE,
     },
