@@ -131,3 +131,30 @@ DELETE FROM generations WHERE job_id = ANY($1::uuid[]);
 -- of another kind of job is unknown here, and so is one key $2 does not own (unless $2 is NULL).
 -- $1 job id, $2 viewer key id
 SELECT job_cancel(job_id) FROM generations WHERE job_id = $1 AND ($2::bigint IS NULL OR owner_key = $2);
+
+-- name: generation_events_after
+-- Job events after id $1, in id order, at most $2, of every kind (a follower needs every id
+-- to tell a gap from another kind's event); for generations, the job as it is now (id NULL
+-- for other kinds, and for generations key $3 does not own unless $3 is NULL); and the
+-- snapshot they were read under (see job_events_settled).
+-- $1 event id, $2 limit, $3 viewer key id
+SELECT e.id AS event_id, e.type, g.job_id AS id, j.status, g.num_images, g.animal, j.error,
+       j.attempts, j.created_at, j.updated_at, j.started_at, j.finished_at,
+       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes,
+       pg_current_snapshot()::text AS snapshot
+FROM job_events e
+LEFT JOIN generations g ON g.job_id = e.job_id AND ($3::bigint IS NULL OR g.owner_key = $3)
+LEFT JOIN jobs j ON j.id = g.job_id
+WHERE e.id > $1
+ORDER BY e.id
+LIMIT $2;
+
+-- name: generation_history
+-- Every recorded change of a generation, oldest first: type, status after it, what it adds
+-- (jsonb as text: an attempt's number, an image's index, an error) and when. No rows for an
+-- unknown job, another kind's, or one key $2 does not own (unless $2 is NULL).
+-- $1 job id, $2 viewer key id
+SELECT e.type, e.status, e.data::text AS data, e.at
+FROM job_events e JOIN generations g ON g.job_id = e.job_id
+WHERE e.job_id = $1 AND ($2::bigint IS NULL OR g.owner_key = $2)
+ORDER BY e.version;

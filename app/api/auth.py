@@ -36,13 +36,16 @@ BATCH_SECONDS = 0.05
 """A process takes the tokens of this much of a key's rate from the shared bucket at once."""
 HOLD_SECONDS = 1.0
 """Tokens a process took but did not use within this long are dropped (never used late)."""
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
+"""Besides these, /docs/… and /static/… (the docs page's and the dashboard's files): the
+dashboard itself asks for a key, and keeps it in the tab."""
+STREAM_PATH = "/generations/events"
 
 KEY_ATTRIBUTE = "menagerie.key"
 
 
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith("/docs/")
+    return path in PUBLIC_PATHS or path.startswith(("/docs/", "/static/"))
 
 
 def caller(scope: Scope) -> Key | None:
@@ -277,13 +280,67 @@ def _signature(secret: keys.KeyedHash, path: str, expires: int) -> bytes:
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
-class Auth:
-    """What AUTH=keys needs in one server process: the key cache, the limiter, the signer."""
+class StreamTokens:
+    """Short-lived signed tokens that open GET /generations/events for one key.
 
-    def __init__(self, pool: asyncpg.Pool, *, image_url_ttl: float, image_url_secret: bytes | None) -> None:
+    A browser's EventSource cannot send an Authorization header. A page asks for a token with
+    its key (POST /generations/events/token) and opens the stream with `?token=`. A token
+    names its key and an expiry, signed with a server secret: nothing is stored, and a leaked
+    URL (proxy logs, history) is worthless after `ttl` seconds. A stream already open stays
+    open; EventSource's own reconnection with an expired token gets a 401, after which the
+    page asks for a fresh token. A cookie set by a login endpoint would make every endpoint
+    answer to an ambient credential, and need CSRF defences the API has no use for."""
+
+    def __init__(self, secret: Lazy, ttl: float) -> None:
+        self._secret = secret
+        self.ttl = ttl
+
+    async def issue(self, key: Key, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + self.ttl)
+        payload = f"{key.id}.{expires}"
+        return f"{payload}.{_stream_signature(await self._secret.get(), payload).decode()}"
+
+    async def key_id(self, token: str) -> int | None:
+        """The id of the key a token was issued to, if it is genuine and has not expired."""
+        key_id, _, rest = token.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not (key_id.isdigit() and expires.isdigit() and len(key_id) <= 18 and len(expires) <= 12):
+            return None
+        if int(expires) <= time.time():
+            return None
+        wanted = _stream_signature(await self._secret.get(), f"{key_id}.{expires}")
+        if not hmac.compare_digest(wanted, signature.encode("ascii", "replace")):
+            return None
+        return int(key_id)
+
+
+def _stream_signature(secret: bytes, payload: str) -> bytes:
+    digest = hmac.new(secret, f"stream:{payload}".encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+class Auth:
+    """What AUTH=keys needs in one server process: the key cache, the limiter, the signers."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        image_url_ttl: float,
+        image_url_secret: bytes | None,
+        stream_token_ttl: float = 60.0,
+    ) -> None:
+        self.pool = pool
         self.keys = KeyCache(pool)
         self.limiter = Limiter(pool)
         self.images = ImageSigner(Lazy(pool, keys.IMAGE_URL_SECRET, image_url_secret), image_url_ttl)
+        self.streams = StreamTokens(Lazy(pool, keys.STREAM_TOKEN_SECRET), stream_token_ttl)
+
+    async def stream_key(self, token: str) -> Key | None:
+        """The live key a stream token was issued to; None for a bad or expired token, or a
+        key revoked since."""
+        key_id = await self.streams.key_id(token)
+        return None if key_id is None else await keys.live(self.pool, key_id=key_id)
 
 
 def bearer(authorization: str | None) -> str:
@@ -314,6 +371,9 @@ class AuthMiddleware:
             and b"sig=" in scope["query_string"]
         ):
             await self.app(scope, receive, send)  # a signed URL: the endpoint checks it
+            return
+        if authorization is None and scope["path"] == STREAM_PATH and b"token=" in scope["query_string"]:
+            await self.app(scope, receive, send)  # a stream token: the endpoint checks it
             return
         token = bearer(authorization)
         try:
