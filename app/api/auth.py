@@ -314,8 +314,8 @@ class StreamTokens:
         return int(key_id)
 
 
-def _stream_signature(secret: bytes, payload: str) -> bytes:
-    digest = hmac.new(secret, f"stream:{payload}".encode(), hashlib.sha256).digest()[:16]
+def _stream_signature(secret: keys.KeyedHash, payload: str) -> bytes:
+    digest = secret(f"stream:{payload}".encode())[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
