@@ -4,23 +4,64 @@ command (worker.py, `menagerie run`) builds it here; the queue itself knows none
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import asyncpg
+import httpcore
 
 from app import db
 from app.api import idempotency
-from app.images import generate
+from app.api.models import job_json
+from app.images import generate, generations
 from app.images.providers.local import LocalProvider
-from app.queue.kinds import Kind, configured
+from app.queue.kinds import Kind, Retry, configured
 from app.queue.maintenance import Round
 from app.queue.process import serve
-from app.settings import Settings
+from app.settings import Settings, webhook_key
+from app.webhooks.delivery import Deliveries
+from app.webhooks.guard import Resolver, resolve
 
 
-def kinds(settings: Settings, pool: asyncpg.Pool) -> list[Kind]:
-    """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...)."""
+def kinds(settings: Settings, pool: asyncpg.Pool, deliveries: Deliveries | None = None) -> list[Kind]:
+    """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...): generations, and
+    webhook deliveries when given `deliveries`."""
     provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
     registered = [generate.kind(pool, provider, db_patience=settings.lease_seconds)]
+    if deliveries is not None:
+        registered.append(deliveries.kind())
     return [configured(kind, settings.kind(kind.name)) for kind in registered]
+
+
+def webhook_deliveries(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    resolver: Resolver = resolve,
+    connector: httpcore.AsyncNetworkBackend | None = None,
+) -> Deliveries:
+    """The `webhook` kind's state: signing with WEBHOOK_SECRET, rendering generations with
+    PUBLIC_BASE_URL's absolute URLs. Tests pass their own `resolver` and `connector`."""
+    secret = settings.webhook_secret
+    keys = [] if secret is None else [webhook_key(secret.get_secret_value())]
+    base = None if settings.public_base_url is None else str(settings.public_base_url).rstrip("/")
+
+    async def render(conn: db.Executor, job_id: UUID, version: int) -> bytes | None:
+        if base is None:
+            raise Retry("PUBLIC_BASE_URL is not set on this worker: a delivery's URLs need it")
+        if not keys:
+            raise Retry("WEBHOOK_SECRET is not set on this worker: deliveries are signed with it")
+        job = await generations.at_version(conn, job_id=job_id, version=version)
+        return None if job is None else job_json(job, base_url=base)
+
+    return Deliveries(
+        pool,
+        render=render,
+        keys=keys,
+        timeout=settings.webhook_timeout,
+        allow_private=settings.webhook_allow_private,
+        resolver=resolver,
+        connector=connector,
+    )
 
 
 def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
@@ -34,8 +75,9 @@ def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
 
 def pool_size(settings: Settings) -> int:
     """Connections a worker process may use: one per running generation (it stores its
-    images), plus outcomes, heartbeat and maintenance."""
-    return settings.worker_concurrency + 4
+    images), plus outcomes, heartbeat and maintenance, and a few for webhook deliveries (each
+    holds one only to read the job and record the attempt)."""
+    return settings.worker_concurrency + 8
 
 
 async def serve_worker(settings: Settings) -> None:
@@ -44,7 +86,15 @@ async def serve_worker(settings: Settings) -> None:
     pool = await db.create_pool(
         settings.database, size=pool_size(settings), application_name=db.WORKER_APPLICATION
     )
+    deliveries = webhook_deliveries(settings, pool)
     try:
-        await serve(settings, pool=pool, registry=kinds(settings, pool), rounds=rounds(settings, pool))
+        await serve(
+            settings,
+            pool=pool,
+            registry=kinds(settings, pool, deliveries),
+            rounds=rounds(settings, pool),
+            collectors=[deliveries.metrics],
+        )
     finally:
+        await deliveries.close()
         await pool.close()

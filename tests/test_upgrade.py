@@ -26,7 +26,8 @@ def apply(url: str, *, up_to: str | None = None, rollback: str | None = None) ->
         with backend.lock():
             if rollback is not None:
                 backend.rollback_migrations(
-                    backend.to_rollback(migrations.filter(lambda m: m.id == rollback))
+                    # that migration and every later one, which may depend on it
+                    backend.to_rollback(migrations.filter(lambda m: m.id >= rollback))
                 )
                 return
             wanted = migrations if up_to is None else migrations.filter(lambda m: m.id <= up_to)
@@ -66,6 +67,8 @@ def expected_json(row: asyncpg.Record, indexes: list[int]) -> dict:
         "attempts": row["attempts"],
         "startedAt": row["started_at"].isoformat() if row["started_at"] else None,
         "finishedAt": row["finished_at"].isoformat() if row["finished_at"] else None,
+        "webhook": None,
+        "webhookEvents": None,
     }
 
 

@@ -28,13 +28,16 @@ from app import db
 from app.api import backlog, cursors, docs, idempotency, openapi, problems, streams, swagger
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.api.models import (
+    DEFAULT_WEBHOOK_EVENTS,
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
     GenerationRequest,
     ListQuery,
+    WebhookPolicy,
     job_json,
     jobs_json,
+    webhook_attempts_json,
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
@@ -47,6 +50,7 @@ from app.images.generations import Request as GenerationSpec
 from app.migrate import migration_ids
 from app.queue.kinds import Status
 from app.settings import Settings
+from app.webhooks import delivery
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
+    webhooks: WebhookPolicy
+    webhook_max_attempts: int
 
 
 # Requests
@@ -160,7 +166,9 @@ async def create_generation(request: Request) -> Response:
     settings: Settings = state.settings
     data = await read_json_object(request)
     try:
-        wanted = GenerationRequest.model_validate(data, context={"max_images": settings.max_images_per_job})
+        wanted = GenerationRequest.model_validate(
+            data, context={"max_images": settings.max_images_per_job, "webhooks": state.webhooks}
+        )
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
     key = header(request, b"idempotency-key")
@@ -168,12 +176,20 @@ async def create_generation(request: Request) -> Response:
         raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     fingerprint, replay = "", None
     if key is not None:
-        fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
+        fingerprint = hashlib.sha256(
+            # Without a webhook, the body's fingerprint is what it was before webhooks existed.
+            wanted.model_dump_json(
+                by_alias=True, exclude=set() if wanted.webhook else {"webhook", "webhook_events"}
+            ).encode()
+        ).hexdigest()
         replay = await known_job(state.pool, key=key, fingerprint=fingerprint)
     spec = GenerationSpec(
         num_images=wanted.num_images,
         animal=wanted.animal or random.choice(ANIMALS),
         max_attempts=settings.job_max_attempts,
+        webhook=wanted.webhook,
+        webhook_events=tuple(wanted.webhook_events or DEFAULT_WEBHOOK_EVENTS),
+        webhook_max_attempts=state.webhook_max_attempts,
     )
     replayed = replay is not None
     if replay is not None:
@@ -325,6 +341,18 @@ async def cancel_generation(request: Request) -> Response:
     return job_response(request, job)
 
 
+@documented(docs.LIST_WEBHOOK_ATTEMPTS)
+async def list_webhook_attempts(request: Request) -> Response:
+    """Every attempt to deliver the job's webhooks, oldest first."""
+    pool = request.state.pool
+    job_id = parse_job_id(request)
+    job = await generations.get(pool, job_id=job_id)
+    if job is None:
+        raise problems.no_such_job()
+    attempts = await delivery.attempts(pool, job_id=job_id)
+    return Response(webhook_attempts_json(attempts), media_type="application/json")
+
+
 @documented(docs.LIST_ANIMALS)
 async def list_animals(request: Request) -> Response:
     return JSONResponse(list(ANIMALS))
@@ -374,6 +402,17 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+def webhook_policy(settings: Settings) -> WebhookPolicy:
+    """What this server accepts of webhooks: none without PUBLIC_BASE_URL (a worker builds a
+    delivery's URLs from it) or a secret to sign them with."""
+    unavailable = None
+    if settings.public_base_url is None:
+        unavailable = "webhooks need PUBLIC_BASE_URL set on the server: deliveries carry absolute URLs"
+    elif settings.webhook_secret is None:
+        unavailable = "webhooks need WEBHOOK_SECRET set on the server: deliveries are signed with it"
+    return WebhookPolicy(unavailable=unavailable, allow_private=settings.webhook_allow_private)
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = ServerMetrics()
 
@@ -393,6 +432,8 @@ def create_app(settings: Settings) -> Starlette:
                 "backlog": backlog.Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
+                "webhooks": webhook_policy(settings),
+                "webhook_max_attempts": settings.kind(delivery.KIND).max_attempts or 1,
             }
         finally:
             listening.cancel()
@@ -406,6 +447,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
+        Route("/generations/{job_id}/webhooks", list_webhook_attempts, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -427,6 +469,7 @@ def create_app(settings: Settings) -> Starlette:
             version=version("menagerie"),
             description=API_DESCRIPTION,
             max_images=settings.max_images_per_job,
+            webhooks={"jobChanged": docs.WEBHOOK_DELIVERY},
         )
     ).body
     return app

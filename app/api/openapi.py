@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, ProblemOut
+from app.api.models import GenerationRequest, JobOut, ProblemOut, WebhookAttemptOut, WebhookDeliveryOut
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -162,8 +162,16 @@ def _schemas(
 
 
 def build(
-    routes: Iterable[BaseRoute], *, title: str, version: str, description: str, max_images: int
+    routes: Iterable[BaseRoute],
+    *,
+    title: str,
+    version: str,
+    description: str,
+    max_images: int,
+    webhooks: dict[str, Operation] | None = None,
 ) -> dict[str, Any]:
+    """The document for `routes`, and `webhooks`: requests this service makes (OpenAPI 3.1's
+    top-level webhooks), by name."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or route.methods is None:
@@ -174,12 +182,19 @@ def build(
         for method in sorted(route.methods - {"HEAD"}):
             paths.setdefault(route.path, {})[method.lower()] = _operation(op, route.endpoint.__name__)
     schemas = _schemas(
-        [(GenerationRequest, "validation"), (JobOut, "serialization"), (ProblemOut, "serialization")]
+        [
+            (GenerationRequest, "validation"),
+            (JobOut, "serialization"),
+            (ProblemOut, "serialization"),
+            (WebhookAttemptOut, "serialization"),
+            (WebhookDeliveryOut, "serialization"),
+        ]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
+        "webhooks": {name: {"post": _operation(op, name)} for name, op in (webhooks or {}).items()},
         "components": {"schemas": schemas},
     }

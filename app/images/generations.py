@@ -40,6 +40,10 @@ class Generation:
     started_at: datetime | None
     finished_at: datetime | None
     image_indexes: list[int] = field(default_factory=list)
+    webhook: str | None = None
+    """The URL its changes are POSTed to, if it asked for one."""
+    webhook_events: list[str] | None = None
+    """Which changes are (start, image, completed); None without a webhook."""
 
     @classmethod
     def from_record(cls, record: Any) -> Generation:
@@ -55,6 +59,8 @@ class Generation:
             started_at=record["started_at"],
             finished_at=record["finished_at"],
             image_indexes=list(record["image_indexes"]),
+            webhook=record["webhook"],
+            webhook_events=None if record["webhook_events"] is None else list(record["webhook_events"]),
         )
 
 
@@ -65,6 +71,11 @@ class Request:
     num_images: int
     animal: str
     max_attempts: int
+    webhook: str | None = None
+    """Where to POST its changes (checked by the caller), or None."""
+    webhook_events: tuple[str, ...] = ()
+    webhook_max_attempts: int = 1
+    """Attempts each of its webhook deliveries gets."""
 
 
 @db.translated
@@ -78,6 +89,9 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.animal for request in requests],
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
+        [request.webhook for request in requests],
+        [",".join(request.webhook_events) for request in requests],
+        [request.webhook_max_attempts for request in requests],
     )
     created = {row[0]: row[1] for row in rows}
     return [
@@ -92,6 +106,8 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
             updated_at=created[job_id],
             started_at=None,
             finished_at=None,
+            webhook=request.webhook,
+            webhook_events=list(request.webhook_events) if request.webhook else None,
         )
         for job_id, request in zip(ids, requests, strict=True)
     ]
@@ -110,6 +126,13 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
 @db.translated
 async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
     row = await conn.fetchrow(queries.generation_get, job_id)
+    return None if row is None else Generation.from_record(row)
+
+
+async def at_version(conn: Connection, *, job_id: UUID, version: int) -> Generation | None:
+    """The generation as it was right after its change number `version` (see
+    generation_at_version); None when the job or that change is unknown."""
+    row = await conn.fetchrow(queries.generation_at_version, job_id, version)
     return None if row is None else Generation.from_record(row)
 
 
