@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import ipaddress
 import json
 import signal
@@ -30,7 +31,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import registry
+from app.images import generate
 from app.queue import jobs as queue_jobs
+from app.queue.kinds import configured
 from app.queue.worker import Timing
 from app.settings import Settings, webhook_key
 from app.webhooks import signing
@@ -140,6 +143,20 @@ def hook_settings(database_url: str, **changes: Any) -> Settings:
         "webhook_timeout": 5,
     }
     return Settings(**{**values, **changes})
+
+
+def worker_env(database_url: str, **changes: str) -> dict[str, str]:
+    """The environment of a `worker.py` process with webhooks on, as hook_settings has them."""
+    return {
+        "DATABASE_URL": database_url,
+        "IMAGE_PROVIDER_DELAY": "0",
+        "IMAGE_SIZE": "64",
+        "PUBLIC_BASE_URL": "http://menagerie.test",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_ALLOW_PRIVATE": "true",
+        "WORKER_POLL_INTERVAL": "3600",
+        **changes,
+    }
 
 
 @pytest.fixture
@@ -505,17 +522,7 @@ async def test_a_delivery_survives_sigkill_of_its_worker(
     """A worker process killed (SIGKILL) while the receiver holds its delivery open: after
     the lease lapses another worker delivers it again, with the same webhook-id."""
     hook = await receiver("hang", 200)
-    env = {
-        "DATABASE_URL": database_url,
-        "IMAGE_PROVIDER_DELAY": "0",
-        "IMAGE_SIZE": "64",
-        "PUBLIC_BASE_URL": "http://menagerie.test",
-        "WEBHOOK_SECRET": SECRET,
-        "WEBHOOK_ALLOW_PRIVATE": "true",
-        "WEBHOOK_TIMEOUT": "60",
-        "LEASE_SECONDS": "2",
-        "WORKER_POLL_INTERVAL": "3600",
-    }
+    env = worker_env(database_url, WEBHOOK_TIMEOUT="60", LEASE_SECONDS="2")
     settings = hook_settings(database_url, webhook_timeout=60)
     async with api_client(settings) as http:
         created = await create(http, webhook=hook.url)
@@ -530,3 +537,69 @@ async def test_a_delivery_survives_sigkill_of_its_worker(
     [delivery] = await webhook_jobs(pool)
     assert (delivery["status"], delivery["attempts"]) == ("completed", 2)
     assert [(a["attempt"], a["outcome"]) for a in listed] == [(2, "delivered")]
+
+
+class HeldProvider:
+    """A provider whose images wait until the test releases them: generations as slow as it
+    likes."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
+        await self.release.wait()
+        return b"\x89PNG held"
+
+
+async def test_deliveries_do_not_wait_behind_slow_generations(
+    database_url, pool, worker_pool, receiver, start_worker, connector
+):
+    """With every generation slot taken by a generation that does not finish and another one
+    waiting, deliveries still go out at once: the webhook kind has slots of its own."""
+    settings = hook_settings(database_url)
+    hook = await receiver(200)
+    provider = HeldProvider()
+    deliveries = registry.webhook_deliveries(settings, worker_pool, connector=connector)
+    try:
+        await start_worker(
+            dataclasses.replace(generate.kind(worker_pool, provider), slots=1),
+            configured(deliveries.kind(), settings.kind("webhook")),
+        )
+        async with api_client(settings) as http:
+            running = await create(http, webhook=hook.url, webhookEvents=["start"])
+            waiting = await create(http, webhook=hook.url, webhookEvents=["start"])
+            await all_finished(pool, 1)
+            assert (await http.get(running.headers["location"])).json()["status"] == "processing"
+            assert (await http.get(waiting.headers["location"])).json()["status"] == "pending"
+            [body] = hook.verified()
+            assert (body["event"], body["jobId"]) == ("start", running.json()["jobId"])
+            provider.release.set()
+            await wait_until_terminal(http, waiting.headers["location"])
+            await all_finished(pool, 2)
+    finally:
+        provider.release.set()
+        await deliveries.close()
+    assert sorted(body["jobId"] for body in hook.verified()) == sorted(
+        [running.json()["jobId"], waiting.json()["jobId"]]
+    )
+
+
+async def test_a_worker_process_serves_delivery_metrics(database_url, pool, receiver, spawn):
+    """`menagerie worker` delivers webhooks and serves their metrics on WORKER_METRICS_PORT:
+    attempts by outcome, a latency histogram, retries."""
+    hook = await receiver(500, 200)
+    port = free_port()
+    spawn(
+        "worker.py",
+        env=worker_env(database_url, WEBHOOK_RETRY_SCHEDULE="100ms", WORKER_METRICS_PORT=str(port)),
+    )
+    async with api_client(hook_settings(database_url)) as http:
+        await create(http, webhook=hook.url)
+        await all_finished(pool, 1)
+    async with httpx.AsyncClient() as scraper:
+        text = (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'menagerie_webhook_attempts_total{outcome="retrying"} 1.0' in text
+    assert 'menagerie_webhook_attempts_total{outcome="delivered"} 1.0' in text
+    assert "menagerie_webhook_retries_total 1.0" in text
+    assert "menagerie_webhook_latency_seconds_count 2" in text
+    assert 'menagerie_worker_jobs_total{event="completed",kind="webhook"} 1.0' in text
