@@ -4,6 +4,7 @@ command (worker.py, `menagerie run`) builds it here; the queue itself knows none
 
 from __future__ import annotations
 
+import ssl
 from uuid import UUID
 
 import asyncpg
@@ -38,9 +39,11 @@ def webhook_deliveries(
     *,
     resolver: Resolver = resolve,
     connector: httpcore.AsyncNetworkBackend | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Deliveries:
     """The `webhook` kind's state: signing with WEBHOOK_SECRET, rendering generations with
-    PUBLIC_BASE_URL's absolute URLs. Tests pass their own `resolver` and `connector`."""
+    PUBLIC_BASE_URL's absolute URLs. Tests pass their own `resolver`, `connector` and
+    `ssl_context` (their CA)."""
     secret = settings.webhook_secret
     keys = [] if secret is None else [webhook_key(secret.get_secret_value())]
     base = None if settings.public_base_url is None else str(settings.public_base_url).rstrip("/")
@@ -61,6 +64,7 @@ def webhook_deliveries(
         allow_private=settings.webhook_allow_private,
         resolver=resolver,
         connector=connector,
+        ssl_context=ssl_context,
     )
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import json
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -23,6 +24,7 @@ import asyncpg
 import httpcore
 import httpx
 import pytest
+import trustme
 import uvicorn
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
@@ -47,7 +49,7 @@ class Receiver:
     """A real HTTP server on a local port that records every POST and answers from `plan`:
     a status code, or "hang" (never answers); the last step repeats."""
 
-    def __init__(self, plan: Iterable[int | str] = (200,)) -> None:
+    def __init__(self, plan: Iterable[int | str] = (200,), *, tls: dict[str, str] | None = None) -> None:
         self.plan = list(plan)
         self.deliveries: list[dict[str, Any]] = []
         self.port = free_port()
@@ -65,7 +67,9 @@ class Receiver:
 
         app = Starlette(routes=[Route("/{path:path}", hook, methods=["POST"])])
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", **(tls or {})
+            )
         )
 
     def verified(self, secret: str = SECRET) -> list[dict[str, Any]]:
@@ -80,8 +84,8 @@ class Receiver:
 async def receiver() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
     started: list[tuple[Receiver, asyncio.Task[None]]] = []
 
-    async def start(*plan: int | str) -> Receiver:
-        made = Receiver(plan or (200,))
+    async def start(*plan: int | str, tls: dict[str, str] | None = None) -> Receiver:
+        made = Receiver(plan or (200,), tls=tls)
         task = asyncio.create_task(made.server.serve())
         await wait_for(lambda: _true(made.server.started))
         started.append((made, task))
@@ -172,9 +176,11 @@ async def start_delivering(start_worker, worker_pool, connector, database_url):
     worker` command builds them (app.registry), through the test's connector (and resolver)."""
     built: list[registry.Deliveries] = []
 
-    async def start(settings: Settings, *, resolver=None, timing: Timing = TEST_TIMING):
+    async def start(settings: Settings, *, resolver=None, timing: Timing = TEST_TIMING, ssl_context=None):
         seams: dict[str, Any] = {} if resolver is None else {"resolver": resolver}
-        deliveries = registry.webhook_deliveries(settings, worker_pool, connector=connector, **seams)
+        deliveries = registry.webhook_deliveries(
+            settings, worker_pool, connector=connector, ssl_context=ssl_context, **seams
+        )
         built.append(deliveries)
         await start_worker(*registry.kinds(settings, worker_pool, deliveries), timing=timing)
         return deliveries
@@ -500,6 +506,45 @@ async def test_a_name_is_connected_to_at_the_address_checked_keeping_its_host_he
     assert delivery["headers"]["host"] == f"hooks.customer.test:{hook.port}"
     assert connector.opened == [f"127.0.0.1:{hook.port}"]
     hook.verified()
+
+
+@pytest.mark.parametrize("certified", ["hooks.customer.test", "someone-else.test"])
+async def test_https_keeps_the_name_for_tls_while_connecting_to_the_checked_address(
+    database_url, pool, receiver, start_delivering, connector, tmp_path, certified
+):
+    """Over https, the connection goes to the address the resolver gave (127.0.0.1) while TLS
+    names the URL's host: a certificate for that name is accepted (delivered), one for
+    another name is not (retried, the certificate named in the error)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert(certified)
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    hook = await receiver(
+        200, tls={"ssl_certfile": str(tmp_path / "cert.pem"), "ssl_keyfile": str(tmp_path / "key.pem")}
+    )
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    settings = hook_settings(database_url, webhook_retry_schedule="10s")
+    await start_delivering(settings, resolver=resolver, ssl_context=trusting)
+    async with api_client(settings) as http:
+        created = await create(http, webhook=f"https://hooks.customer.test:{hook.port}/menagerie")
+
+        async def attempted() -> bool:
+            return bool(await attempts_of(http, created))
+
+        await wait_for(attempted)
+        [attempt] = await attempts_of(http, created)
+    assert connector.opened == [f"127.0.0.1:{hook.port}"]
+    if certified == "hooks.customer.test":
+        assert attempt["outcome"] == "delivered", attempt["error"]
+        assert hook.deliveries[0]["headers"]["host"] == f"hooks.customer.test:{hook.port}"
+    else:
+        assert attempt["outcome"] == "retrying" and "certificate" in attempt["error"].lower()
+        assert hook.deliveries == []
 
 
 def test_during_a_rotation_both_secrets_sign_and_either_verifies():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,14 +86,17 @@ class Attempt:
     latency: float
 
 
-def client(backend: GuardedBackend, *, timeout: float) -> httpx.AsyncClient:
+def client(
+    backend: GuardedBackend, *, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncClient:
     """The one pooled client of a process's deliveries: connections through `backend` (which
     resolves and checks every host), no redirects, no proxies from the environment (a proxy
-    would reach what the guard refuses), the timeout on each step as well as on the whole."""
+    would reach what the guard refuses), the timeout on each step as well as on the whole.
+    Certificates are checked against the system's CAs (`ssl_context`: others, for tests)."""
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     # httpx takes no network backend; its transport's pool is httpcore's, which does.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
         max_connections=100,
         max_keepalive_connections=20,
         keepalive_expiry=5.0,
@@ -117,6 +121,7 @@ class Deliveries:
         allow_private: bool = False,
         resolver: Resolver = resolve,
         connector: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._pool = pool
         self._render = render
@@ -125,6 +130,7 @@ class Deliveries:
         self._client = client(
             GuardedBackend(allow_private=allow_private, resolver=resolver, connector=connector),
             timeout=timeout,
+            ssl_context=ssl_context,
         )
         self.metrics = WebhookMetrics()
 
