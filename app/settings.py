@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -83,6 +93,16 @@ class Settings(BaseSettings):
     """At most this many concurrent POSTs share one INSERT (and one commit and one NOTIFY);
     1 inserts every job on its own."""
 
+    auth: Literal["keys", "none"] = "keys"
+    """`keys`: every API call needs a key (`menagerie keys create`); `none`: anyone who can
+    reach the server may do anything, allowed only while HOST is a loopback address."""
+    image_url_ttl: PositiveSeconds = 3600.0
+    """With AUTH=keys, image URLs are signed and valid this long (and up to half as long again)."""
+    image_url_secret: SecretStr | None = None
+    """Signs image URLs; unset: a random one made once and kept in the database."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins (comma list, or `*`) whose web pages may call the API; none by default."""
+
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)
 
@@ -142,12 +162,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
         return value
 
-    @field_validator("worker_kinds", mode="before")
+    @field_validator("worker_kinds", "cors_origins", mode="before")
     @classmethod
-    def _comma_list(cls, value: object) -> object:
+    def _comma_list(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
-            kinds = [part.strip() for part in value.split(",") if part.strip()]
-            return kinds or None
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            return parts or (None if info.field_name == "worker_kinds" else [])
         return value
 
     @field_validator("generate_backoff")
@@ -182,6 +202,20 @@ class Settings(BaseSettings):
     @property
     def webhook_retry_delays(self) -> tuple[float, ...]:
         return retry_delays(self.webhook_retry_schedule)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _lowercase_auth(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _no_open_server(self) -> Settings:
+        if self.auth == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f"AUTH=none is allowed only while HOST is a loopback address, not {self.host!r}: "
+                "use AUTH=keys (and menagerie keys create NAME)"
+            )
+        return self
 
     @property
     def database(self) -> str:
@@ -281,14 +315,26 @@ def webhook_key(secret: str) -> bytes:
     return key
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (HOST) only listens on this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def load(**overrides: Any) -> Settings:
     """Read settings; on a bad value print one line naming the variable and exit 2."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = _variable(str(error["loc"][0])) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule between settings: the message names them
+            stop(f"bad settings: {message}")
+        name = _variable(str(error["loc"][0]))
         stop(f"bad setting {name}={error.get('input')!r}: {message}")
 
 

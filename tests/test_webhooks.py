@@ -138,6 +138,7 @@ def hook_settings(database_url: str, **changes: Any) -> Settings:
     values: dict[str, Any] = {
         "_env_file": None,
         "database_url": database_url,
+        "auth": "none",
         "image_provider_delay": 0,
         "image_size": 64,
         "public_base_url": "http://menagerie.test",

@@ -25,7 +25,10 @@ async def store(
 
 
 @db.translated
-async def get(conn: db.Executor, *, job_id: UUID, index: int) -> tuple[bytes, str] | None:
-    """The PNG and its sha256, or None."""
-    row = await conn.fetchrow(queries.image_get, job_id, index)
+async def get(
+    conn: db.Executor, *, job_id: UUID, index: int, viewer: int | None = None
+) -> tuple[bytes, str] | None:
+    """The PNG and its sha256, or None (also when key `viewer` does not own the job; None:
+    whoever owns it)."""
+    row = await conn.fetchrow(queries.image_get, job_id, index, viewer)
     return None if row is None else (row["png"], row["sha256"])
