@@ -10,8 +10,9 @@ from uuid import UUID
 import asyncpg
 import httpcore
 
-from app import db
+from app import db, keys
 from app.api import idempotency
+from app.api.auth import ImageSigner, Lazy
 from app.api.models import job_json
 from app.images import generate, generations
 from app.images.providers.local import LocalProvider
@@ -41,25 +42,36 @@ def webhook_deliveries(
     connector: httpcore.AsyncNetworkBackend | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Deliveries:
-    """The `webhook` kind's state: signing with WEBHOOK_SECRET, rendering generations with
-    PUBLIC_BASE_URL's absolute URLs. Tests pass their own `resolver`, `connector` and
-    `ssl_context` (their CA)."""
+    """The `webhook` kind's state: signing with the job's key's webhook secret or
+    WEBHOOK_SECRET, rendering generations with PUBLIC_BASE_URL's absolute URLs (image URLs
+    signed afresh at each attempt with AUTH=keys). Tests pass their own `resolver`,
+    `connector` and `ssl_context` (their CA)."""
     secret = settings.webhook_secret
-    keys = [] if secret is None else [webhook_key(secret.get_secret_value())]
+    fallback = [] if secret is None else [webhook_key(secret.get_secret_value())]
     base = None if settings.public_base_url is None else str(settings.public_base_url).rstrip("/")
+    configured = settings.image_url_secret
+    images = ImageSigner(
+        Lazy(
+            pool,
+            keys.IMAGE_URL_SECRET,
+            None if configured is None else configured.get_secret_value().encode(),
+        ),
+        settings.image_url_ttl,
+    )
 
     async def render(conn: db.Executor, job_id: UUID, version: int) -> bytes | None:
         if base is None:
             raise Retry("PUBLIC_BASE_URL is not set on this worker: a delivery's URLs need it")
-        if not keys:
-            raise Retry("WEBHOOK_SECRET is not set on this worker: deliveries are signed with it")
         job = await generations.at_version(conn, job_id=job_id, version=version)
-        return None if job is None else job_json(job, base_url=base)
+        if job is None:
+            return None
+        signer = await images.signer() if settings.auth == "keys" else None
+        return job_json(job, base_url=base, signer=signer)
 
     return Deliveries(
         pool,
         render=render,
-        keys=keys,
+        keys=fallback,
         timeout=settings.webhook_timeout,
         allow_private=settings.webhook_allow_private,
         resolver=resolver,

@@ -17,5 +17,6 @@ BEGIN
 END
 $$;
 DROP FUNCTION webhook_outbox(uuid[], integer[], text[], jsonb[]);
+ALTER TABLE keys DROP COLUMN webhook_secret, DROP COLUMN old_webhook_secret, DROP COLUMN old_webhook_secret_until;
 DROP TABLE webhook_attempts;
 DROP TABLE webhooks;

@@ -1,4 +1,4 @@
--- depends: 0006.general-queue
+-- depends: 0006.general-queue 0007.keys
 -- Webhooks: a generation may name a URL to be called when it starts, stores an image or ends.
 -- Each call is a job of kind 'webhook' (the delivery), enqueued by job_events_add in the very
 -- statement that changes the generation (an outbox): a change that rolls back sends nothing,
@@ -53,6 +53,16 @@ COMMENT ON COLUMN webhook_attempts.outcome IS 'delivered (2xx), retrying (will b
 COMMENT ON COLUMN webhook_attempts.status_code IS 'The receiver''s HTTP status; NULL when none came (timeout, connection error, refused)';
 COMMENT ON COLUMN webhook_attempts.error IS 'Why it did not succeed, for people; NULL when delivered';
 COMMENT ON COLUMN webhook_attempts.latency_ms IS 'From sending the request to the response''s status (or the failure), in milliseconds';
+
+-- Each API key signs its jobs' deliveries with its own secret, shown once by `keys create`
+-- and `keys rotate-webhook-secret` (WEBHOOK_SECRET signs those of jobs without one). The
+-- secret is stored as it is: a delivery's HMAC needs it.
+ALTER TABLE keys ADD COLUMN webhook_secret bytea;
+ALTER TABLE keys ADD COLUMN old_webhook_secret bytea;
+ALTER TABLE keys ADD COLUMN old_webhook_secret_until timestamptz;
+COMMENT ON COLUMN keys.webhook_secret IS 'The key of its whsec_ webhook secret (the bytes after whsec_, decoded): signs its jobs'' deliveries; NULL for keys made before webhooks (WEBHOOK_SECRET signs instead)';
+COMMENT ON COLUMN keys.old_webhook_secret IS 'The secret before the last rotation, which also signs until old_webhook_secret_until';
+COMMENT ON COLUMN keys.old_webhook_secret_until IS 'When the old secret stops signing (keys rotate-webhook-secret --overlap)';
 
 -- Enqueues the deliveries the changes of jobs `ids` call for (see job_events_add, which calls
 -- it with every change of a watched job): `start` for a job's first claim, `image` for each

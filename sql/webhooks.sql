@@ -3,9 +3,17 @@
 -- webhook_outbox.
 
 -- name: webhook_target
--- Where deliveries of job $1's changes go: its webhook's URL; no row once the job is gone.
+-- Where deliveries of job $1's changes go and what signs them: its webhook's URL, and the
+-- webhook secrets of the key that owns the job (the old one only while it still signs;
+-- NULLs for a job without a key, or a key without a secret). No row once the job is gone.
 -- $1 job id
-SELECT url FROM webhooks WHERE job_id = $1;
+SELECT w.url, k.webhook_secret AS secret,
+       CASE WHEN k.old_webhook_secret_until > now() THEN k.old_webhook_secret END AS old_secret
+FROM webhooks w
+JOIN generations g ON g.job_id = w.job_id
+LEFT JOIN keys k ON k.id = g.owner_key
+WHERE w.job_id = $1;
+
 
 -- name: webhook_attempt_record
 -- Records one attempt to deliver; nothing when the job is gone meanwhile.

@@ -27,12 +27,13 @@ import pytest
 import trustme
 import uvicorn
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app import registry
+from app import keys, registry
 from app.images import generate
 from app.queue import jobs as queue_jobs
 from app.queue.kinds import configured
@@ -40,6 +41,7 @@ from app.queue.worker import Timing
 from app.settings import Settings, webhook_key
 from app.webhooks import signing
 from tests.support import TEST_TIMING, api_client, free_port, wait_for, wait_until_terminal
+from tests.test_keys import run_keys
 
 SECRET = "whsec_" + base64.b64encode(b"menagerie-test-webhook-secret-32b").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-second-secret-for-the-rotation").decode()
@@ -649,3 +651,116 @@ async def test_a_worker_process_serves_delivery_metrics(database_url, pool, rece
     assert "menagerie_webhook_retries_total 1.0" in text
     assert "menagerie_webhook_latency_seconds_count 2" in text
     assert 'menagerie_worker_jobs_total{event="completed",kind="webhook"} 1.0' in text
+
+
+# Per-key webhook secrets (AUTH=keys)
+
+
+async def key_with_secret(pool: asyncpg.Pool, name: str) -> tuple[str, str]:
+    """A key as `keys create` makes it: (the API key, its webhook secret)."""
+    shown, raw = keys.new_webhook_secret()
+    token, _ = await keys.create(
+        pool, name=name, admin=False, rate=1000, burst=1000, max_pending=None, webhook_secret=raw
+    )
+    return token, shown
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_keys_jobs_are_signed_with_its_own_secret_and_their_attempts_shown_to_it_alone(
+    database_url, pool, receiver, start_delivering
+):
+    """With AUTH=keys and no WEBHOOK_SECRET, a job's deliveries are signed with its key's
+    webhook secret (another key's does not verify them), carry image URLs signed for
+    browsers, and its attempts are listed to that key only (404 for another)."""
+    settings = hook_settings(database_url, auth="keys", webhook_secret=None)
+    hook = await receiver(200)
+    alice, alice_secret = await key_with_secret(pool, "alice")
+    bob, bob_secret = await key_with_secret(pool, "bob")
+    await start_delivering(settings)
+    async with api_client(settings) as http:
+        created = await http.post(
+            "/generations", json={"numImages": 2, "webhook": hook.url}, headers=bearer(alice)
+        )
+        assert created.status_code == 202, created.text
+        await all_finished(pool, 1)
+        location = created.headers["location"]
+        mine = await http.get(f"{location}/webhooks", headers=bearer(alice))
+        theirs = await http.get(f"{location}/webhooks", headers=bearer(bob))
+        [body] = hook.verified(alice_secret)
+        with pytest.raises(WebhookVerificationError):
+            hook.verified(bob_secret)
+        with pytest.raises(WebhookVerificationError):
+            hook.verified(SECRET)
+        assert len(body["imageUrls"]) == 2 and all("sig=" in url for url in body["imageUrls"])
+        image = await http.get(body["imageUrls"][0].removeprefix("http://menagerie.test"))
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert mine.status_code == 200 and [a["outcome"] for a in mine.json()] == ["delivered"]
+    assert theirs.status_code == 404
+
+
+async def test_a_key_without_a_webhook_secret_cannot_ask_for_webhooks_unless_the_server_has_one(
+    database_url, pool
+):
+    """A key made without a webhook secret (before webhooks existed) gets a 422 naming
+    `webhook` and the command that makes one; with WEBHOOK_SECRET set, the server's secret
+    signs for it instead."""
+    token, _ = await keys.create(pool, name="old", admin=False, rate=1000, burst=1000, max_pending=None)
+    body = {"numImages": 1, "webhook": "https://example.com/hook"}
+    async with api_client(hook_settings(database_url, auth="keys", webhook_secret=None)) as http:
+        refused = await http.post("/generations", json=body, headers=bearer(token))
+    async with api_client(hook_settings(database_url, auth="keys")) as http:
+        accepted = await http.post("/generations", json=body, headers=bearer(token))
+    assert refused.status_code == 422
+    assert (
+        refused.json()["detail"].startswith("webhook:")
+        and "rotate-webhook-secret" in refused.json()["detail"]
+    )
+    assert accepted.status_code == 202
+
+
+async def test_during_a_rotation_both_secrets_verify_and_afterwards_only_the_new_one(
+    database_url, pool, receiver, start_delivering
+):
+    """After `keys rotate-webhook-secret`, deliveries carry a signature by the new secret and
+    one by the old, so a receiver holding either verifies them; once the overlap is over,
+    only the new secret signs."""
+    settings = hook_settings(database_url, auth="keys", webhook_secret=None)
+    hook = await receiver(200)
+    token, first = await key_with_secret(pool, "carol")
+    second, raw = keys.new_webhook_secret()
+    await keys.rotate_webhook_secret(pool, name="carol", secret=raw, overlap=3600)
+    await start_delivering(settings)
+    async with api_client(settings) as http:
+        await http.post("/generations", json={"numImages": 1, "webhook": hook.url}, headers=bearer(token))
+        await all_finished(pool, 1)
+        for secret in (first, second):
+            assert [body["event"] for body in hook.verified(secret)] == ["completed"]
+        assert len(hook.deliveries[0]["headers"]["webhook-signature"].split(" ")) == 2
+        third, raw = keys.new_webhook_secret()
+        await keys.rotate_webhook_secret(pool, name="carol", secret=raw, overlap=0)
+        hook.deliveries.clear()
+        await http.post("/generations", json={"numImages": 1, "webhook": hook.url}, headers=bearer(token))
+        await all_finished(pool, 2)
+    assert [body["event"] for body in hook.verified(third)] == ["completed"]
+    for old in (first, second):
+        with pytest.raises(WebhookVerificationError):
+            hook.verified(old)
+
+
+def test_keys_create_shows_a_webhook_secret_and_rotate_prints_a_new_one(database_url, spawn):
+    """`keys create` shows the key's webhook secret once (on stderr: the key stays alone on
+    stdout); `keys rotate-webhook-secret NAME` prints a new one alone on stdout, and an
+    unknown name exits 1."""
+
+    code, out, err = run_keys(spawn, database_url, "create", "dora")
+    assert code == 0 and out.strip().startswith("mng_")
+    [made] = [word for word in err.split() if word.startswith("whsec_")]
+    webhook_key(made)
+    code, out, err = run_keys(spawn, database_url, "rotate-webhook-secret", "dora", "--overlap", "1h")
+    rotated = out.strip()
+    assert code == 0 and rotated.startswith("whsec_") and rotated != made and "3600" in err
+    webhook_key(rotated)
+    assert run_keys(spawn, database_url, "rotate-webhook-secret", "nobody")[0] == 1

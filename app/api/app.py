@@ -69,7 +69,6 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
-    webhooks: WebhookPolicy
     webhook_max_attempts: int
     auth: auth.Auth | None
 
@@ -174,7 +173,11 @@ async def create_generation(request: Request) -> Response:
     data = await read_json_object(request)
     try:
         wanted = GenerationRequest.model_validate(
-            data, context={"max_images": settings.max_images_per_job, "webhooks": state.webhooks}
+            data,
+            context={
+                "max_images": settings.max_images_per_job,
+                "webhooks": webhook_policy(settings, auth.caller(request.scope)),
+            },
         )
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
@@ -455,14 +458,19 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def webhook_policy(settings: Settings) -> WebhookPolicy:
-    """What this server accepts of webhooks: none without PUBLIC_BASE_URL (a worker builds a
-    delivery's URLs from it) or a secret to sign them with."""
+def webhook_policy(settings: Settings, caller: keys.Key | None) -> WebhookPolicy:
+    """What this server accepts of webhooks from `caller` (None: AUTH=none): none without
+    PUBLIC_BASE_URL (a worker builds a delivery's URLs from it) or a secret to sign them with
+    (the key's own webhook secret, else WEBHOOK_SECRET)."""
     unavailable = None
     if settings.public_base_url is None:
         unavailable = "webhooks need PUBLIC_BASE_URL set on the server: deliveries carry absolute URLs"
-    elif settings.webhook_secret is None:
-        unavailable = "webhooks need WEBHOOK_SECRET set on the server: deliveries are signed with it"
+    elif settings.webhook_secret is None and not (caller is not None and caller.signs_webhooks):
+        unavailable = (
+            "webhooks need WEBHOOK_SECRET set on the server: deliveries are signed with it"
+            if caller is None
+            else "this key has no webhook secret: `menagerie keys rotate-webhook-secret NAME` makes one"
+        )
     return WebhookPolicy(unavailable=unavailable, allow_private=settings.webhook_allow_private)
 
 
@@ -485,7 +493,6 @@ def create_app(settings: Settings) -> Starlette:
                 "backlog": backlog.Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
-                "webhooks": webhook_policy(settings),
                 "webhook_max_attempts": settings.kind(delivery.KIND).max_attempts or 1,
                 "auth": None
                 if settings.auth == "none"

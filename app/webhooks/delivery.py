@@ -108,15 +108,16 @@ def client(
 
 
 class Deliveries:
-    """The `webhook` kind and what it needs: the pool, the client, the signing keys, how to
-    render a job. Build one per worker process; `close()` when the process stops."""
+    """The `webhook` kind and what it needs: the pool, the client, how to render a job, and
+    `keys`, which sign deliveries of jobs whose API key has no webhook secret (WEBHOOK_SECRET).
+    Build one per worker process; `close()` when the process stops."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         *,
         render: Render,
-        keys: Sequence[bytes],
+        keys: Sequence[bytes] = (),
         timeout: float = 10.0,
         allow_private: bool = False,
         resolver: Resolver = resolve,
@@ -145,14 +146,19 @@ class Deliveries:
     async def deliver(self, job: Job) -> Outcome | None:
         args: dict[str, Any] = job.args
         target = UUID(args["job"])
-        url: str | None = await self._pool.fetchval(queries.webhook_target, target)
-        rendered = None if url is None else await self._render(self._pool, target, args["version"])
-        if url is None or rendered is None:
+        found = await self._pool.fetchrow(queries.webhook_target, target)
+        rendered = None if found is None else await self._render(self._pool, target, args["version"])
+        if found is None or rendered is None:
             return Fail("the job this delivery reports on no longer exists")
+        url: str = found["url"]
+        # The job's key's secrets (both while one is rotated), else WEBHOOK_SECRET.
+        keys = [secret for secret in (found["secret"], found["old_secret"]) if secret] or self._keys
+        if not keys:
+            return Retry("no secret signs this delivery: set WEBHOOK_SECRET on the workers")
         body = json.dumps({"event": args["event"], "sequence": args["sequence"]}).encode()[:-1]
         body += b"," + rendered[1:]
         at = datetime.now(UTC)
-        attempt = await self.post(url, body, message_id=f"msg_{job.id.hex}")
+        attempt = await self.post(url, body, keys=keys, message_id=f"msg_{job.id.hex}")
         if attempt.outcome == "retrying" and job.attempts >= job.max_attempts:
             attempt = Attempt("failed", attempt.status_code, attempt.error, attempt.latency)
         await self._pool.execute(
@@ -184,14 +190,14 @@ class Deliveries:
         reason = attempt.error or attempt.outcome
         return Retry(reason) if attempt.outcome in ("retrying", "failed") else Fail(reason)
 
-    async def post(self, url: str, body: bytes, *, message_id: str) -> Attempt:
-        """One signed POST of `body` to `url`, classified."""
+    async def post(self, url: str, body: bytes, *, keys: Sequence[bytes], message_id: str) -> Attempt:
+        """One POST of `body` to `url`, signed with each of `keys`, classified."""
         timestamp = int(time.time())
         headers = {
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signing.signature(
-                self._keys, message_id=message_id, timestamp=timestamp, body=body
+                keys, message_id=message_id, timestamp=timestamp, body=body
             ),
             "content-type": "application/json",
             "user-agent": USER_AGENT,
