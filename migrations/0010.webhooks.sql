@@ -1,4 +1,4 @@
--- depends: 0006.general-queue 0007.keys
+-- depends: 0006.general-queue 0007.keys 0011.dashboard
 -- Webhooks: a generation may name a URL to be called when it starts, stores an image or ends.
 -- Each call is a job of kind 'webhook' (the delivery), enqueued by job_events_add in the very
 -- statement that changes the generation (an outbox): a change that rolls back sends nothing,
@@ -115,7 +115,8 @@ BEGIN
 END
 $$;
 
--- job_events_add as in 0006, and the webhook deliveries the changes call for.
+-- job_events_add as 0011.dashboard left it (the transaction id first), and the webhook
+-- deliveries the changes call for. A later migration that redefines it keeps this call.
 CREATE OR REPLACE FUNCTION job_events_add(ids uuid[], versions integer[], types text[], statuses text[], datas jsonb[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -123,6 +124,7 @@ BEGIN
     IF ids IS NULL OR cardinality(ids) = 0 THEN
         RETURN 0;
     END IF;
+    PERFORM pg_current_xact_id();
     datas := coalesce(datas, array_fill(NULL::jsonb, ARRAY[cardinality(ids)]));
     INSERT INTO job_events (job_id, version, type, status, data)
     SELECT e.job_id, e.version, e.type, e.status, e.data

@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, ProblemOut, WebhookAttemptOut, WebhookDeliveryOut
+from app.api.models import (
+    GenerationRequest,
+    JobOut,
+    MomentOut,
+    ProblemOut,
+    QueueOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
+)
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -249,6 +257,8 @@ def build(
             (ProblemOut, "serialization"),
             (WebhookAttemptOut, "serialization"),
             (WebhookDeliveryOut, "serialization"),
+            (QueueOut, "serialization"),
+            (MomentOut, "serialization"),
         ]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
