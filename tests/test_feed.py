@@ -239,7 +239,8 @@ async def test_a_stream_resumes_from_the_query_parameter_and_refuses_ids_it_neve
 
 async def test_the_queue_overview_counts_waiting_running_workers_and_recent_failures(service, pool):
     """GET /queue, per kind: jobs waiting, running and due, and how long the oldest due one
-    has waited; the live worker (the test's worker process, running generations); failures
+    has waited; the live worker (the test's worker process, running generations and webhook
+    deliveries); failures
     of the last hour, final and retrying."""
 
     async def worker_live() -> bool:
@@ -263,7 +264,7 @@ async def test_the_queue_overview_counts_waiting_running_workers_and_recent_fail
     assert kinds["test"]["longestWaitSeconds"] >= 60
     assert body["failuresLastHour"] == {"failed": 1, "retrying": 1}
     [worker] = body["workers"]
-    assert worker["kinds"] == ["generate"] and worker["processingJobs"] == 0
+    assert worker["kinds"] == ["generate", "webhook"] and worker["processingJobs"] == 0
 
 
 @pytest.fixture
