@@ -12,6 +12,7 @@ cannot even confirm a leaked key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
@@ -53,6 +54,8 @@ class Key:
     rate: float
     burst: int
     max_pending: int | None
+    signs_webhooks: bool = False
+    """It has a webhook secret, which signs its jobs' deliveries."""
 
     @property
     def viewer(self) -> int | None:
@@ -111,19 +114,43 @@ async def server_secret(conn: db.Executor, name: str) -> bytes:
 
 @db.translated
 async def create(
-    conn: db.Executor, *, name: str, admin: bool, rate: float, burst: int, max_pending: int | None
+    conn: db.Executor,
+    *,
+    name: str,
+    admin: bool,
+    rate: float,
+    burst: int,
+    max_pending: int | None,
+    webhook_secret: bytes | None = None,
 ) -> tuple[str, Key]:
     """Make a key; return it (shown once, never stored) and its record. KeyExists when a live
-    key has this name."""
+    key has this name. `webhook_secret` (new_webhook_secret's bytes) signs its jobs' webhooks."""
     token = new_key()
     digest = key_hash(await server_secret(conn, KEY_HASH_SECRET), token)
     try:
         key_id: int = await conn.fetchval(
-            queries.key_create, name, token[:SHOWN], digest, admin, rate, burst, max_pending
+            queries.key_create, name, token[:SHOWN], digest, admin, rate, burst, max_pending, webhook_secret
         )
     except asyncpg.UniqueViolationError:
         raise KeyExists(name) from None
-    return token, Key(key_id, name, token[:SHOWN], admin, rate, burst, max_pending)
+    return token, Key(
+        key_id, name, token[:SHOWN], admin, rate, burst, max_pending, webhook_secret is not None
+    )
+
+
+def new_webhook_secret() -> tuple[str, bytes]:
+    """A webhook secret: `whsec_` and the base64 of 32 random bytes (to show), and the bytes
+    (the HMAC key, to store)."""
+    raw = secrets.token_bytes(32)
+    return "whsec_" + base64.b64encode(raw).decode(), raw
+
+
+@db.translated
+async def rotate_webhook_secret(conn: db.Executor, *, name: str, secret: bytes, overlap: float) -> None:
+    """Give the live key `name` the webhook secret `secret`; its old one keeps signing for
+    `overlap` seconds. NoSuchKey when there is no such key."""
+    if await conn.fetchval(queries.key_webhook_secret_rotate, name, secret, overlap) is None:
+        raise NoSuchKey(name)
 
 
 @db.translated
@@ -165,6 +192,7 @@ def _key(row: Any) -> Key:
         rate=row["rate"],
         burst=row["burst"],
         max_pending=row["max_pending"],
+        signs_webhooks=row["signs_webhooks"],
     )
 
 
