@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
 import hmac
 import logging
 import math
