@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import db, keys
 from app.api.headers import header
 from app.api.problems import Problem, problem_response
-from app.keys import Key
+from app.keys import Key, KeyedHash
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class StreamTokens:
         return int(key_id)
 
 
-def _stream_signature(secret: keys.KeyedHash, payload: str) -> bytes:
+def _stream_signature(secret: KeyedHash, payload: str) -> bytes:
     digest = secret(f"stream:{payload}".encode())[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
