@@ -764,3 +764,30 @@ def test_keys_create_shows_a_webhook_secret_and_rotate_prints_a_new_one(database
     assert code == 0 and rotated.startswith("whsec_") and rotated != made and "3600" in err
     webhook_key(rotated)
     assert run_keys(spawn, database_url, "rotate-webhook-secret", "nobody")[0] == 1
+
+
+async def test_migration_0010_rolls_back_and_applies_again(database_url, pool):
+    """Rolling the webhooks migration back keeps every generation (webhooks, attempts and key
+    secrets go; job_events_add enqueues nothing more), and applying it again works."""
+    from tests.test_upgrade import apply
+
+    settings = hook_settings(database_url)
+    async with api_client(settings) as http:
+        created = await create(http, webhook="https://example.com/hook")
+    await pool.close()
+    apply(database_url, rollback="0010.webhooks")
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('webhooks')") is None
+        assert "webhook_outbox" not in await conn.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'job_events_add'"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM generations") == 1
+        apply(database_url)
+        assert await conn.fetchval("SELECT count(*) FROM webhooks") == 0
+        assert "webhook_outbox" in await conn.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'job_events_add'"
+        )
+    finally:
+        await conn.close()
+    assert created.status_code == 202
