@@ -8,7 +8,7 @@ import asyncpg
 
 from app import db
 from app.api import idempotency
-from app.images import generate
+from app.images import generate, s3
 from app.images.providers.local import LocalProvider
 from app.queue.kinds import Kind, configured
 from app.queue.maintenance import Round
@@ -19,7 +19,11 @@ from app.settings import Settings
 def kinds(settings: Settings, pool: asyncpg.Pool) -> list[Kind]:
     """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...)."""
     provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
-    registered = [generate.kind(pool, provider, db_patience=settings.lease_seconds)]
+    registered = [
+        generate.kind(
+            pool, provider, image_stores=s3.stores_for(settings), db_patience=settings.lease_seconds
+        )
+    ]
     return [configured(kind, settings.kind(kind.name)) for kind in registered]
 
 
@@ -29,7 +33,16 @@ def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
     async def forget_expired_keys() -> None:
         await idempotency.forget_expired(pool, batch_size=settings.retention_batch_size)
 
-    return [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    found = [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    bucket = s3.stores_for(settings).by_name.get(s3.NAME)
+    if isinstance(bucket, s3.S3Store):
+        s3_store = bucket
+
+        async def delete_orphans() -> None:
+            await s3.delete_orphans(pool, s3_store)
+
+        found.append(Round("orphan-objects", 600.0, delete_orphans))
+    return found
 
 
 def pool_size(settings: Settings) -> int:

@@ -40,7 +40,7 @@ from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
 from app.api.request_ids import RequestIdMiddleware
 from app.batching import Batcher
-from app.images import generations, stores
+from app.images import generations, s3, stores
 from app.images.animals import ANIMALS
 from app.images.generations import Generation
 from app.images.generations import Request as GenerationSpec
@@ -61,6 +61,7 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
+    stores: stores.Stores
 
 
 # Requests
@@ -290,15 +291,34 @@ async def get_image(request: Request) -> Response:
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
     if extension != "png" or not canonical:
         raise problems.no_such_image()
-    found = await stores.get(request.state.pool, job_id=job_id, index=int(stem))
-    if found is None:
+    state = request.state
+    image = await stores.get(state.pool, job_id=job_id, index=int(stem))
+    if image is None:
         raise problems.no_such_image()
-    png, digest = found
-    etag = f'"{digest}"'
+    etag = f'"{image.sha256}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
     if etag_matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return Response(png, headers=headers, media_type="image/png")
+    if image.png is not None:
+        return Response(image.png, headers=headers, media_type="image/png")
+    settings: Settings = state.settings
+    try:
+        store = state.stores.of(image)
+        if settings.image_delivery == "redirect":
+            url = await store.url(image, ttl=settings.s3_presign_ttl)
+            if url is not None:  # the link expires: cache the answer for half its life
+                cache = f"private, max-age={settings.s3_presign_ttl // 2}"
+                return Response(status_code=307, headers={"Location": url, "Cache-Control": cache})
+        body = await store.open(image)
+    except stores.StoreUnavailable as exc:
+        raise problems.store_unavailable(str(exc)) from None
+    except LookupError as exc:
+        log.error(
+            "image %s/%s: %s", job_id, stem, exc, extra={"action": "image_missing", "job_id": str(job_id)}
+        )
+        raise problems.no_such_image() from None
+    headers["Content-Length"] = str(image.size)
+    return StreamingResponse(body, headers=headers, media_type="image/png")
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -371,7 +391,12 @@ async def readyz(request: Request) -> Response:
         raise Problem(503, f"the database does not answer: {exc}", headers={"Retry-After": "1"}) from None
     if not migrated:
         raise Problem(503, "the database schema is not migrated", headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready"})
+    image_stores: stores.Stores = request.state.stores
+    try:
+        await image_stores.writing.check()
+    except (stores.StoreUnavailable, stores.StoreMisconfigured) as exc:
+        raise problems.store_unavailable(str(exc)) from None
+    return JSONResponse({"status": "ready", "imageStore": image_stores.writing.name})
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -393,6 +418,7 @@ def create_app(settings: Settings) -> Starlette:
                 "backlog": backlog.Backlog(settings.max_pending_jobs),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
+                "stores": s3.stores_for(settings),
             }
         finally:
             listening.cancel()
