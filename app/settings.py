@@ -6,6 +6,7 @@ Entry points call `load()` once and pass the frozen result down.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -89,6 +91,16 @@ class Settings(BaseSettings):
     insert_batch_max: int = Field(500, ge=1, le=5_000)
     """At most this many concurrent POSTs share one INSERT (and one commit and one NOTIFY);
     1 inserts every job on its own."""
+
+    auth: Literal["keys", "none"] = "keys"
+    """`keys`: every API call needs a key (`menagerie keys create`); `none`: anyone who can
+    reach the server may do anything, allowed only while HOST is a loopback address."""
+    image_url_ttl: PositiveSeconds = 3600.0
+    """With AUTH=keys, image URLs are signed and valid this long (and up to half as long again)."""
+    image_url_secret: SecretStr | None = None
+    """Signs image URLs; unset: a random one made once and kept in the database."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins (comma list, or `*`) whose web pages may call the API; none by default."""
 
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)
@@ -163,12 +175,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
         return value
 
-    @field_validator("worker_kinds", mode="before")
+    @field_validator("worker_kinds", "cors_origins", mode="before")
     @classmethod
-    def _comma_list(cls, value: object) -> object:
+    def _comma_list(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
-            kinds = [part.strip() for part in value.split(",") if part.strip()]
-            return kinds or None
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            return parts or (None if info.field_name == "worker_kinds" else [])
         return value
 
     @field_validator("generate_backoff")
@@ -177,6 +189,20 @@ class Settings(BaseSettings):
         if value is not None:
             parse_backoff(value)
         return value
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _lowercase_auth(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _no_open_server(self) -> Settings:
+        if self.auth == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f"AUTH=none is allowed only while HOST is a loopback address, not {self.host!r}: "
+                "use AUTH=keys (and menagerie keys create NAME)"
+            )
+        return self
 
     @property
     def database(self) -> str:
@@ -279,6 +305,16 @@ class Settings(BaseSettings):
         return level
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (HOST) only listens on this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def load(**overrides: Any) -> Settings:
     """Read settings; on a bad value print one line naming the variable and exit 2."""
     try:
@@ -286,7 +322,7 @@ def load(**overrides: Any) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         message = error["msg"].removeprefix("Value error, ")
-        if not error["loc"]:  # a rule across settings: its message names them
+        if not error["loc"]:  # a rule between settings: the message names them
             stop(f"bad settings: {message}")
         name = _variable(str(error["loc"][0]))
         stop(f"bad setting {name}={error.get('input')!r}: {message}")

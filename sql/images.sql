@@ -27,9 +27,12 @@ WITH owned AS (
 SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 
 -- name: image_get
--- One stored image: where its bytes are, and the bytes when they are in the row.
--- $1 job_id, $2 idx
-SELECT store, key, png, size, sha256 FROM images WHERE job_id = $1 AND idx = $2;
+-- One stored image, of a generation key $3 owns, or of any when $3 is NULL (an admin key,
+-- AUTH=none, or a signed URL): where its bytes are, and the bytes when they are in the row.
+-- $1 job_id, $2 idx, $3 viewer key id
+SELECT i.store, i.key, i.png, i.size, i.sha256
+FROM images i JOIN generations g ON g.job_id = i.job_id
+WHERE i.job_id = $1 AND i.idx = $2 AND ($3::bigint IS NULL OR g.owner_key = $3);
 
 -- name: image_forget
 -- Deletes the images of jobs that retention deleted; returns the store and object key of

@@ -27,6 +27,9 @@ TITLES = {
     "/problems/store-unavailable": "Image store unavailable",
     "/problems/idempotency-key-reused": "Idempotency-Key reused",
     "/problems/job-finished": "Job already finished",
+    "/problems/unauthorized": "API key missing or not valid",
+    "/problems/rate-limited": "Too many requests for this key",
+    "/problems/too-many-pending": "Too many pending jobs for this key",
 }
 """Every problem type this service answers besides `about:blank`, with its title."""
 
@@ -90,6 +93,15 @@ def queue_full(limit: int) -> Problem:
         503,
         f"{limit} or more jobs are waiting; try again later",
         type="/problems/queue-full",
+        headers={"Retry-After": "5"},
+    )
+
+
+def too_many_pending(limit: int) -> Problem:
+    return Problem(
+        429,
+        f"this key already has {limit} pending jobs, its limit; try again when some have started",
+        type="/problems/too-many-pending",
         headers={"Retry-After": "5"},
     )
 

@@ -197,9 +197,10 @@ async def record(
 
 
 @db.translated
-async def get(conn: db.Executor, *, job_id: UUID, index: int) -> Image | None:
-    """The image's row, or None."""
-    row = await conn.fetchrow(queries.image_get, job_id, index)
+async def get(conn: db.Executor, *, job_id: UUID, index: int, viewer: int | None = None) -> Image | None:
+    """The image's row, or None (also when key `viewer` does not own the job; None: whoever
+    owns it)."""
+    row = await conn.fetchrow(queries.image_get, job_id, index, viewer)
     return None if row is None else Image(row["store"], row["key"], row["png"], row["size"], row["sha256"])
 
 
