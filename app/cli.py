@@ -272,22 +272,27 @@ def move_images(config: settings.Settings, *, batch_size: int, pause: float) -> 
     if not isinstance(bucket, s3.S3Store):
         settings.stop("images move-to-s3 needs S3_BUCKET")
 
-    async def move() -> int:
+    async def move(to: s3.S3Store) -> int:
         pool = await db.create_pool(config.database, size=2, application_name="menagerie-images")
         try:
-            return await moving.move_to_s3(pool, bucket, batch_size=batch_size, pause=pause)
+            return await moving.move_to_s3(pool, to, batch_size=batch_size, pause=pause)
         finally:
             await pool.close()
 
+    outcome: str | None = None
     try:
-        moved = asyncio.run(move())
+        moved = asyncio.run(move(bucket))
     except KeyboardInterrupt:
-        print("menagerie: interrupted; run it again to move the rest", file=sys.stderr)
-        return 130
+        outcome = "interrupted"
     except stores.StoreUnavailable as exc:
-        print(f"menagerie: {exc}; run it again to move the rest", file=sys.stderr)
-        return 1
-    print(f"menagerie: moved {moved} images to {bucket.config.where()}", file=sys.stderr)
+        outcome = str(exc)
+    where = bucket.config.where()
+    del bucket
+    gc.collect()  # free the bucket's client now: obstore aborts if it is freed at exit
+    if outcome is not None:
+        print(f"menagerie: {outcome}; run it again to move the rest", file=sys.stderr)
+        return 130 if outcome == "interrupted" else 1
+    print(f"menagerie: moved {moved} images to {where}", file=sys.stderr)
     return 0
 
 

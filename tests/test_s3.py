@@ -204,9 +204,10 @@ async def test_redirect_mode_answers_307_to_a_presigned_url_that_serves_the_byte
     assert fetched.content.startswith(b"\x89PNG")
 
 
-async def test_old_images_in_rows_keep_serving_beside_objects(s3_client, s3_worker, pool):
+async def test_old_images_in_rows_keep_serving_beside_objects(s3_client, s3_worker, s3_settings, pool):
     """Mixed history: an image stored in its row before IMAGE_STORE became s3 is still served
-    from the row, beside images now kept as objects."""
+    from the row, beside images now kept as objects; switched back to postgres (the bucket
+    still configured), both still serve."""
     [old] = await insert_generations(pool, 1)
     await set_status(pool, [old], "processing")
     png = b"\x89PNG old bytes"
@@ -219,6 +220,10 @@ async def test_old_images_in_rows_keep_serving_beside_objects(s3_client, s3_work
     assert (await s3_client.get(path_of(job["imageUrls"][0]))).status_code == 200
     kinds = await pool.fetch("SELECT store FROM images ORDER BY store")
     assert [row["store"] for row in kinds] == ["postgres", "s3"]
+    back = s3_settings.model_copy(update={"image_store": "postgres"})  # switched back, bucket kept
+    async with api_client(back) as http:
+        assert (await http.get(path_of(job["imageUrls"][0]))).content.startswith(b"\x89PNG")
+        assert (await http.get(f"/images/{old}/0.png")).content == png
 
 
 async def test_retention_deletes_objects_with_their_rows(
@@ -236,6 +241,32 @@ async def test_retention_deletes_objects_with_their_rows(
     assert await pool.fetchval("SELECT count(*) FROM images WHERE job_id = $1", UUID(old["jobId"])) == 0
     assert bucket_keys(s3_server, bucket) == [f"images/{kept['jobId']}/{index}.1" for index in (0, 1)]
     assert await pool.fetchval("SELECT count(*) FROM images") == 2
+
+
+async def test_objects_retention_could_not_delete_go_at_the_next_orphan_sweep(
+    s3_client, s3_worker, s3_settings, s3_server, bucket, pool
+):
+    """With the store down, retention still deletes the rows (none is left pointing at an
+    object) and leaves the objects; the next orphan sweep, once the store is back, deletes
+    them."""
+    await s3_worker()
+    old = await completed_job(s3_client)
+    await pool.execute(
+        "UPDATE finished_jobs SET finished_at = now() - interval '10 days' WHERE id = $1", UUID(old["jobId"])
+    )
+    image_stores = s3.stores_for(s3_settings)
+    kind = generate.kind(pool, LocalProvider(delay=0, size=64), image_stores=image_stores)
+    s3_server.stop()
+    try:
+        assert await delete_finished(pool, older_than_days=7, forget={kind.name: kind.forget}, pause=0) == 1
+    finally:
+        s3_server.start()
+    assert await pool.fetchval("SELECT count(*) FROM images") == 0
+    assert len(bucket_keys(s3_server, bucket)) == 2
+    bucket_store = image_stores.writing
+    assert isinstance(bucket_store, s3.S3Store)
+    assert await s3.delete_orphans(pool, bucket_store, older_than=0) == 2
+    assert bucket_keys(s3_server, bucket) == []
 
 
 async def test_the_orphan_sweep_deletes_what_a_worker_that_lost_its_job_wrote(
