@@ -274,7 +274,7 @@ async def test_the_orphan_sweep_deletes_what_a_worker_that_lost_its_job_wrote(
 ):
     """A worker whose job was reclaimed still writes its object (its own key: the owner's
     bytes are safe) but no row; the orphan sweep deletes that object once it is old enough,
-    and never an object a row points at."""
+    and never an object a row points at; while another worker sweeps, it skips."""
     bucket_store = s3.stores_for(s3_settings).writing
     [job_id] = await insert_generations(pool, 1, num_images=2)
     [first] = await jobs.claim(pool, worker_id="w1", wanted={"generate": 1}, lease_seconds=30)
@@ -289,6 +289,9 @@ async def test_the_orphan_sweep_deletes_what_a_worker_that_lost_its_job_wrote(
     assert isinstance(bucket_store, s3.S3Store)
 
     assert await s3.delete_orphans(pool, bucket_store) == 0  # younger than an hour: left alone
+    async with pool.acquire() as conn, conn.transaction():  # another worker sweeping
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", s3.ORPHAN_LOCK)
+        assert await s3.delete_orphans(pool, bucket_store, older_than=0) == 0
     assert await s3.delete_orphans(pool, bucket_store, older_than=0) == 1
     assert bucket_keys(s3_server, bucket) == [f"images/{job_id}/0.2"]
     assert s3_server.client().get_object(Bucket=bucket, Key=f"images/{job_id}/0.2")["Body"].read() == b"owner"

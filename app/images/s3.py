@@ -28,6 +28,7 @@ from obstore.exceptions import BaseError, NotFoundError
 from app.images import stores
 from app.images.stores import Image, ImageStore, Placement, StoreMisconfigured, Stores, StoreUnavailable
 from app.settings import Settings
+from app.sql import queries
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -41,6 +42,8 @@ PROBE = ".menagerie-probe"
 """Listed (never written) under the prefix to see that the bucket answers."""
 ORPHAN_AGE = 3600.0
 """Seconds an object with no row is left alone: a worker may be about to record it."""
+ORPHAN_LOCK = 7302
+"""Advisory lock key of the orphan sweep (pg_locks: locktype advisory, objid 7302)."""
 DELETE_BATCH = 1000
 """Keys per delete request (S3's DeleteObjects takes at most 1,000)."""
 
@@ -239,7 +242,16 @@ async def check_at_start(settings: Settings) -> None:
 async def delete_orphans(pool: asyncpg.Pool, store: S3Store, *, older_than: float = ORPHAN_AGE) -> int:
     """Delete objects under the prefix that no image row points at and that are older than
     `older_than` seconds (written by a worker that lost its job, or left by a delete that
-    failed); return how many."""
+    failed); return how many. One worker at a time lists the bucket: the sweep holds a
+    transaction-level advisory lock (taken without waiting) on a connection of its own,
+    and returns 0 at once while another worker holds it."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(queries.maintenance_try_lock, ORPHAN_LOCK):
+            return 0
+        return await _delete_orphans(pool, store, older_than=older_than)
+
+
+async def _delete_orphans(pool: asyncpg.Pool, store: S3Store, *, older_than: float) -> int:
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
     deleted = 0
     try:
