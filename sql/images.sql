@@ -30,7 +30,7 @@ SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 -- One stored image, of a generation key $3 owns, or of any when $3 is NULL (an admin key,
 -- AUTH=none, or a signed URL): where its bytes are, and the bytes when they are in the row.
 -- $1 job_id, $2 idx, $3 viewer key id
-SELECT i.store, i.key, i.png, i.size, i.sha256
+SELECT i.store, i.key, i.png, coalesce(i.size, octet_length(i.png)) AS size, i.sha256
 FROM images i JOIN generations g ON g.job_id = i.job_id
 WHERE i.job_id = $1 AND i.idx = $2 AND ($3::bigint IS NULL OR g.owner_key = $3);
 
@@ -49,12 +49,13 @@ SELECT key FROM images WHERE key = ANY($1::text[]);
 -- name: image_left_in
 -- How many images, and how many bytes, a store holds.
 -- $1 store
-SELECT count(*) AS images, coalesce(sum(size), 0)::bigint AS bytes FROM images WHERE store = $1;
+SELECT count(*) AS images, coalesce(sum(coalesce(size, octet_length(png))), 0)::bigint AS bytes
+FROM images WHERE store = $1;
 
 -- name: image_next_in
 -- The next images of a store after ($2, $3) in key order, with their bytes: a batch to move.
 -- $1 store, $2 after job_id, $3 after idx, $4 limit
-SELECT job_id, idx, png, size, sha256 FROM images
+SELECT job_id, idx, png, octet_length(png) AS size, sha256 FROM images
 WHERE store = $1 AND (job_id, idx) > ($2, $3)
 ORDER BY job_id, idx LIMIT $4;
 
@@ -63,7 +64,7 @@ ORDER BY job_id, idx LIMIT $4;
 -- already moved, or deleted meanwhile, is left alone. Returns how many rows moved.
 -- $1 job ids (uuid[]), $2 idxs (integer[]), $3 keys (text[])
 WITH moved AS (
-    UPDATE images i SET store = 's3', key = m.key, png = NULL
+    UPDATE images i SET store = 's3', key = m.key, size = octet_length(i.png), png = NULL
     FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS m (job_id, idx, key)
     WHERE i.job_id = m.job_id AND i.idx = m.idx AND i.store = 'postgres'
     RETURNING 1

@@ -149,11 +149,10 @@ def store_image(pool: asyncpg.Pool) -> StoreImage:
         png = make_png()
         digest = hashlib.sha256(png).hexdigest()
         await pool.execute(
-            "INSERT INTO images (job_id, idx, png, size, sha256) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO images (job_id, idx, png, sha256) VALUES ($1, $2, $3, $4)",
             UUID(job_id),
             idx,
             png,
-            len(png),
             digest,
         )
         return png, digest

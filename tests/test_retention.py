@@ -18,7 +18,7 @@ DAY = 86_400.0
 FORGET = {"generate": generations.forget}
 """What this process registers: generations, which keep their requests and images."""
 
-INSERT_IMAGE = "INSERT INTO images (job_id, idx, png, size, sha256) VALUES ($1, 0, '\\x89'::bytea, 1, 'x')"
+INSERT_IMAGE = "INSERT INTO images (job_id, idx, png, sha256) VALUES ($1, 0, '\\x89'::bytea, 'x')"
 
 
 async def add_job(pool: asyncpg.Pool, status: str, *, days_ago: float) -> UUID:

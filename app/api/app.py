@@ -353,6 +353,12 @@ async def get_image(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     if image.png is not None:
         return Response(image.png, headers=headers, media_type="image/png")
+    return await object_response(state, image, headers)
+
+
+async def object_response(state: Any, image: stores.Image, headers: dict[str, str]) -> Response:
+    """An image kept in object storage: streamed from its store (IMAGE_DELIVERY=proxy), or a
+    307 to a presigned URL (redirect); a store that does not answer is a 503."""
     settings: Settings = state.settings
     try:
         store = state.stores.of(image)
@@ -365,12 +371,11 @@ async def get_image(request: Request) -> Response:
     except stores.StoreUnavailable as exc:
         raise problems.store_unavailable(str(exc)) from None
     except LookupError as exc:
-        log.error(
-            "image %s/%s: %s", job_id, stem, exc, extra={"action": "image_missing", "job_id": str(job_id)}
-        )
+        log.error("image %s: %s", image.key, exc, extra={"action": "image_missing"})
         raise problems.no_such_image() from None
-    headers["Content-Length"] = str(image.size)
-    return StreamingResponse(body, headers=headers, media_type="image/png")
+    return StreamingResponse(
+        body, headers={**headers, "Content-Length": str(image.size)}, media_type="image/png"
+    )
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
