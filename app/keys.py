@@ -32,6 +32,7 @@ _SHAPE = re.compile(r"^mng_[A-Za-z0-9_-]{43}$")
 
 KEY_HASH_SECRET = "key_hash"
 IMAGE_URL_SECRET = "image_url"
+STREAM_TOKEN_SECRET = "stream_token"
 
 
 class KeyExists(Exception):
@@ -120,6 +121,13 @@ async def revoke(conn: db.Executor, *, name: str) -> str:
 async def authenticate(conn: db.Executor, *, digest: bytes) -> Key | None:
     """The live key whose hash is `digest` (noting its use), None if unknown or revoked."""
     row = await conn.fetchrow(queries.key_authenticate, digest)
+    return None if row is None else _key(row)
+
+
+@db.translated
+async def live(conn: db.Executor, *, key_id: int) -> Key | None:
+    """The live key with this id, None if unknown or revoked."""
+    row = await conn.fetchrow(queries.key_live, key_id)
     return None if row is None else _key(row)
 
 

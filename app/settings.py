@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     """With AUTH=keys, image URLs are signed and valid this long (and up to half as long again)."""
     image_url_secret: SecretStr | None = None
     """Signs image URLs; unset: a random one made once and kept in the database."""
+    stream_token_ttl: PositiveSeconds = 60.0
+    """With AUTH=keys, seconds a token from POST /generations/events/token opens the event
+    stream (EventSource cannot send a key)."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins (comma list, or `*`) whose web pages may call the API; none by default."""
 

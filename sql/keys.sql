@@ -52,6 +52,11 @@ WITH found AS (
 )
 SELECT id, name, prefix, admin, rate, burst, max_pending FROM found;
 
+-- name: key_live
+-- The live key with id $1 (a stream token names its key by id); no row when revoked or unknown.
+-- $1 key id
+SELECT id, name, prefix, admin, rate, burst, max_pending FROM keys WHERE id = $1 AND revoked_at IS NULL;
+
 -- name: key_take_tokens
 -- Refills key $1's bucket for the time since it was last refilled (at keys.rate per second,
 -- up to keys.burst), then takes up to $2 whole tokens. Returns how many it took and the

@@ -18,7 +18,7 @@ import hmac
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,13 +36,16 @@ BATCH_SECONDS = 0.05
 """A process takes the tokens of this much of a key's rate from the shared bucket at once."""
 HOLD_SECONDS = 1.0
 """Tokens a process took but did not use within this long are dropped (never used late)."""
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
+"""Besides these, /docs/… and /static/… (the docs page's and the dashboard's files): the
+dashboard itself asks for a key, and keeps it in the tab."""
+STREAM_PATH = "/generations/events"
 
 KEY_ATTRIBUTE = "menagerie.key"
 
 
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith("/docs/")
+    return path in PUBLIC_PATHS or path.startswith(("/docs/", "/static/"))
 
 
 def caller(scope: Scope) -> Key | None:
@@ -87,7 +90,10 @@ class Lazy:
 
 
 class KeyCache:
-    """Keys looked up by hash, remembered for KEY_CACHE_SECONDS."""
+    """Keys looked up by hash, trusted for KEY_CACHE_SECONDS from the moment their lookup
+    began. A key in use is looked up again in the background once half that has passed, so
+    that a busy key's requests never wait for the database; a revoked key drops out at that
+    lookup."""
 
     MAX_ENTRIES = 10_000
 
@@ -95,21 +101,38 @@ class KeyCache:
         self._pool = pool
         self._secret = Lazy(pool, keys.KEY_HASH_SECRET)
         self._found: dict[bytes, tuple[Key, float]] = {}
+        self._refreshing: dict[bytes, asyncio.Task[Key | None]] = {}
 
     async def find(self, token: str) -> Key | None:
         digest = keys.key_hash(await self._secret.get(), token)
-        now = time.monotonic()
         hit = self._found.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            key, looked_up = hit
+            age = time.monotonic() - looked_up
+            if age < KEY_CACHE_SECONDS:
+                if age > KEY_CACHE_SECONDS / 2 and digest not in self._refreshing:
+                    self._refreshing[digest] = asyncio.create_task(self._refresh(digest))
+                return key
+        return await self._look_up(digest)
+
+    async def _look_up(self, digest: bytes) -> Key | None:
+        began = time.monotonic()
         key = await keys.authenticate(self._pool, digest=digest)
         if key is None:
             self._found.pop(digest, None)
             return None
         if len(self._found) >= self.MAX_ENTRIES:
             self._found.clear()
-        self._found[digest] = (key, now + KEY_CACHE_SECONDS)
+        self._found[digest] = (key, began)
         return key
+
+    async def _refresh(self, digest: bytes) -> Key | None:
+        try:
+            return await self._look_up(digest)
+        except db.Unavailable:
+            return None  # the entry expires, and the next request looks it up itself
+        finally:
+            del self._refreshing[digest]
 
 
 @dataclass
@@ -130,15 +153,17 @@ class Held:
     left: float = 0.0
     """Tokens left in the shared bucket at the last take."""
     denied_until: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refill: asyncio.Task[None] | None = None
 
 
 class Limiter:
     """Per-key token buckets, shared by every server process through key_buckets.
 
-    A request uses a token this process holds for the key; when it holds none, it takes a
-    batch from the shared bucket in one UPDATE (the tokens of BATCH_SECONDS of the key's rate,
-    at least one). Tokens are only ever granted by the shared bucket, so all processes
+    A request uses a token this process holds for the key. Tokens are taken from the shared
+    bucket in batches, in one UPDATE: the tokens of BATCH_SECONDS of the key's rate (at least
+    one). The next batch is taken in the background once half of the current one is used, so
+    a steady key's requests do not wait for the database; a request waits only when this
+    process holds none. Tokens are only ever granted by the shared bucket, so all processes
     together never let a key through faster than its rate plus its burst; a process drops the
     tokens it has not used within HOLD_SECONDS. The price of batching: a key spread over many
     processes may be refused while another process still holds a few of its tokens. A refused
@@ -153,20 +178,47 @@ class Limiter:
         if held is None:
             held = self._held[key.id] = Held()
         now = time.monotonic()
-        if held.tokens <= 0 or held.until <= now:
-            if held.denied_until > now:
+        if held.until <= now:
+            held.tokens = 0
+        if held.tokens <= 0:
+            if held.denied_until > now and held.refill is None:
                 return self._verdict(key, held, allowed=False, now=now)
-            async with held.lock:
-                now = time.monotonic()
-                if held.tokens <= 0 or held.until <= now:
-                    wanted = max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
-                    granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=wanted)
-                    held.tokens, held.until, held.left = granted, now + HOLD_SECONDS, left
-                    if granted == 0:
-                        held.denied_until = now + (1.0 - left) / key.rate
-                        return self._verdict(key, held, allowed=False, now=now)
+            if held.refill is None:
+                held.refill = self._start_refill(key, held)
+            await asyncio.shield(held.refill)
+            now = time.monotonic()
+            if held.tokens <= 0:
+                return self._verdict(key, held, allowed=False, now=now)
         held.tokens -= 1
+        if held.tokens <= self._batch(key) // 2 and held.refill is None:
+            held.refill = self._start_refill(key, held)
         return self._verdict(key, held, allowed=True, now=now)
+
+    @staticmethod
+    def _batch(key: Key) -> int:
+        return max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
+
+    def _start_refill(self, key: Key, held: Held) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._refill(key, held))
+        # A refill in the background that fails (the database is down) is awaited by nobody:
+        # the next request that needs a token takes another and gets the error itself.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
+
+    async def _refill(self, key: Key, held: Held) -> None:
+        try:
+            granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=self._batch(key))
+            now = time.monotonic()
+            if held.until <= now:
+                held.tokens = 0
+            held.tokens += granted
+            held.left = left
+            if granted:
+                held.until = now + HOLD_SECONDS
+            else:
+                held.denied_until = now + (1.0 - left) / key.rate
+        finally:
+            held.refill = None
 
     @staticmethod
     def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
@@ -222,13 +274,67 @@ def _signature(secret: bytes, path: str, expires: int) -> bytes:
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
-class Auth:
-    """What AUTH=keys needs in one server process: the key cache, the limiter, the signer."""
+class StreamTokens:
+    """Short-lived signed tokens that open GET /generations/events for one key.
 
-    def __init__(self, pool: asyncpg.Pool, *, image_url_ttl: float, image_url_secret: bytes | None) -> None:
+    A browser's EventSource cannot send an Authorization header. A page asks for a token with
+    its key (POST /generations/events/token) and opens the stream with `?token=`. A token
+    names its key and an expiry, signed with a server secret: nothing is stored, and a leaked
+    URL (proxy logs, history) is worthless after `ttl` seconds. A stream already open stays
+    open; EventSource's own reconnection with an expired token gets a 401, after which the
+    page asks for a fresh token. A cookie set by a login endpoint would make every endpoint
+    answer to an ambient credential, and need CSRF defences the API has no use for."""
+
+    def __init__(self, secret: Lazy, ttl: float) -> None:
+        self._secret = secret
+        self.ttl = ttl
+
+    async def issue(self, key: Key, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + self.ttl)
+        payload = f"{key.id}.{expires}"
+        return f"{payload}.{_stream_signature(await self._secret.get(), payload).decode()}"
+
+    async def key_id(self, token: str) -> int | None:
+        """The id of the key a token was issued to, if it is genuine and has not expired."""
+        key_id, _, rest = token.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not (key_id.isdigit() and expires.isdigit() and len(key_id) <= 18 and len(expires) <= 12):
+            return None
+        if int(expires) <= time.time():
+            return None
+        wanted = _stream_signature(await self._secret.get(), f"{key_id}.{expires}")
+        if not hmac.compare_digest(wanted, signature.encode("ascii", "replace")):
+            return None
+        return int(key_id)
+
+
+def _stream_signature(secret: bytes, payload: str) -> bytes:
+    digest = hmac.new(secret, f"stream:{payload}".encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+class Auth:
+    """What AUTH=keys needs in one server process: the key cache, the limiter, the signers."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        image_url_ttl: float,
+        image_url_secret: bytes | None,
+        stream_token_ttl: float = 60.0,
+    ) -> None:
+        self.pool = pool
         self.keys = KeyCache(pool)
         self.limiter = Limiter(pool)
         self.images = ImageSigner(Lazy(pool, keys.IMAGE_URL_SECRET, image_url_secret), image_url_ttl)
+        self.streams = StreamTokens(Lazy(pool, keys.STREAM_TOKEN_SECRET), stream_token_ttl)
+
+    async def stream_key(self, token: str) -> Key | None:
+        """The live key a stream token was issued to; None for a bad or expired token, or a
+        key revoked since."""
+        key_id = await self.streams.key_id(token)
+        return None if key_id is None else await keys.live(self.pool, key_id=key_id)
 
 
 def bearer(authorization: str | None) -> str:
@@ -260,6 +366,9 @@ class AuthMiddleware:
         ):
             await self.app(scope, receive, send)  # a signed URL: the endpoint checks it
             return
+        if authorization is None and scope["path"] == STREAM_PATH and b"token=" in scope["query_string"]:
+            await self.app(scope, receive, send)  # a stream token: the endpoint checks it
+            return
         token = bearer(authorization)
         try:
             key = await auth.keys.find(token)
@@ -273,9 +382,8 @@ class AuthMiddleware:
             return
         if key is None or verdict is None:
             log.info(
-                "refused a request with a missing or unknown key %s",
-                keys.shown(token),
-                extra={"action": "key_refused"},
+                "refused a request with a missing, unknown or revoked key",
+                extra={"action": "key_refused", "key": keys.shown(token)},
             )
             await problem_response(unauthorized())(scope, receive, send)
             return
