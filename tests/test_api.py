@@ -33,7 +33,7 @@ from tests.support import api_client, insert_generations
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
 JOB_FIELDS = {"jobId", "status", "numImages", "animal", "imageUrls", "createdAt", "updatedAt", "error"}
-EXTRA_JOB_FIELDS = {"attempts", "startedAt", "finishedAt"}
+EXTRA_JOB_FIELDS = {"attempts", "startedAt", "finishedAt", "webhook", "webhookEvents"}
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')

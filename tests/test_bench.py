@@ -146,6 +146,25 @@ def test_the_breakdown_timed_claim_and_completion_until_the_queue_was_empty(benc
             assert 0 < figures["claim_ms"] < 1000 and 0 < figures["finish_ms"] < 1000, run
 
 
+def test_the_webhook_benchmark_delivers_every_change(admin_url):
+    """bench/webhooks.py --quick: every status change it commits reaches its receiver through
+    a real worker process, in both phases, with a pickup figure under the loose ceiling."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "webhooks.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    phases = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(phases) == 2
+    for phase in phases.values():
+        assert phase["delivered"] == phase["changes"] > 0, phase
+        assert phase["p99_ms"] < MAX_PICKUP_P99_MS, phase
+
+
 def stores_bench(admin_url: str, measure: str) -> dict[str, Any]:
     """One quick measure of bench/stores.py: its JSON figures."""
     done = subprocess.run(

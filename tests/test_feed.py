@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -17,6 +21,8 @@ from app import keys, queue
 from app.images import generations
 from tests.support import free_port, insert_generations, insert_jobs, set_status, wait_for, wait_ready
 from tests.test_events import Event, read_events
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def service_env(database_url: str, port: int) -> dict[str, str]:
@@ -105,8 +111,8 @@ def finished(job_id: str, images: int) -> Callable[[list[Event]], bool]:
 @pytest.mark.smoke
 async def test_one_stream_shows_every_job_change_with_ordered_ids_and_the_whole_job(service):
     """A client of GET /generations/events sees `ready`, then for two jobs created after it
-    connected their creation, start, each image and completion, with increasing numeric ids,
-    each event's data the whole job as JobOut describes it."""
+    connected their changes up to completion (each image count in order), with increasing
+    numeric ids, each event's data the whole job as JobOut describes it."""
     async with httpx.AsyncClient(base_url=service, timeout=10) as http:
         schema = (await http.get("/openapi.json")).json()
         async with following(service) as follow:
@@ -127,7 +133,8 @@ async def test_one_stream_shows_every_job_change_with_ordered_ids_and_the_whole_
     for event in events:
         validator.validate(event.job)
     names = {event.name for event in events}
-    assert {"created", "completed"} <= names and names <= {"created", "started", "progress", "completed"}
+    # Changes of one job read together are sent as the last of them: `created` may be merged.
+    assert "completed" in names and names <= {"created", "started", "progress", "completed"}
     for job_id, images in zip(created, (2, 3), strict=True):
         seen = [len(event.job["imageUrls"]) for event in events if event.job["jobId"] == job_id]
         assert seen == sorted(seen) and seen[-1] == images
@@ -232,7 +239,8 @@ async def test_a_stream_resumes_from_the_query_parameter_and_refuses_ids_it_neve
 
 async def test_the_queue_overview_counts_waiting_running_workers_and_recent_failures(service, pool):
     """GET /queue, per kind: jobs waiting, running and due, and how long the oldest due one
-    has waited; the live worker (the test's worker process, running generations); failures
+    has waited; the live worker (the test's worker process, running generations and webhook
+    deliveries); failures
     of the last hour, final and retrying."""
 
     async def worker_live() -> bool:
@@ -256,7 +264,7 @@ async def test_the_queue_overview_counts_waiting_running_workers_and_recent_fail
     assert kinds["test"]["longestWaitSeconds"] >= 60
     assert body["failuresLastHour"] == {"failed": 1, "retrying": 1}
     [worker] = body["workers"]
-    assert worker["kinds"] == ["generate"] and worker["processingJobs"] == 0
+    assert worker["kinds"] == ["generate", "webhook"] and worker["processingJobs"] == 0
 
 
 @pytest.fixture
@@ -334,3 +342,28 @@ async def test_with_keys_the_queue_is_for_admins_and_the_page_is_public(keyed_se
     assert refused.status_code == 403 and refused.json()["type"] == "/problems/admin-only"
     assert allowed.status_code == 200 and anonymous.status_code == 401
     assert [page.status_code for page in pages] == [200, 200, 200]
+
+
+def test_the_feed_bench_delivers_every_event_to_every_follower(admin_url):
+    """bench/feed.py --quick (1 and 3 followers of a real server) prints its figures, and
+    every follower received an event for every job committed."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "feed.py"),
+            "--quick",
+            "--followers",
+            "1,3",
+            "--dsn-admin",
+            admin_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])["figures"]
+    for followers in (1, 3):
+        row = figures[f"followers_{followers}"]
+        assert row["events_delivered"] == row["events_expected"] == row["jobs"] * followers
+        assert row["p99_ms"] >= row["p50_ms"] > 0

@@ -27,6 +27,7 @@ def apply(url: str, *, up_to: str | None = None, rollback: str | None = None) ->
         with backend.lock():
             if rollback is not None:
                 backend.rollback_migrations(
+                    # that migration and every later one, which may depend on it
                     backend.to_rollback(migrations.filter(lambda m: m.id >= rollback))
                 )
                 return
@@ -67,6 +68,8 @@ def expected_json(row: asyncpg.Record, indexes: list[int]) -> dict:
         "attempts": row["attempts"],
         "startedAt": row["started_at"].isoformat() if row["started_at"] else None,
         "finishedAt": row["finished_at"].isoformat() if row["finished_at"] else None,
+        "webhook": None,
+        "webhookEvents": None,
     }
 
 

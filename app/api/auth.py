@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -73,19 +74,19 @@ def unauthorized() -> Problem:
 
 class Lazy:
     """A shared secret read (or made) in the database at its first use, not at start: the
-    server starts while PostgreSQL is down."""
+    server starts while PostgreSQL is down. Kept as its HMAC-SHA256 (keys.KeyedHash)."""
 
     def __init__(self, pool: asyncpg.Pool, name: str, configured: bytes | None = None) -> None:
         self._pool = pool
         self._name = name
-        self.value = configured
+        self.value = None if configured is None else keys.KeyedHash(configured)
         self._lock = asyncio.Lock()
 
-    async def get(self) -> bytes:
+    async def get(self) -> keys.KeyedHash:
         if self.value is None:
             async with self._lock:
                 if self.value is None:
-                    self.value = await keys.server_secret(self._pool, self._name)
+                    self.value = keys.KeyedHash(await keys.server_secret(self._pool, self._name))
         return self.value
 
 
@@ -222,17 +223,23 @@ class Limiter:
 
     @staticmethod
     def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
-        window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
         remaining = max(0, held.tokens + math.floor(held.left))
         reset = math.ceil(max(0.0, key.burst - remaining) / key.rate)
         headers = [
-            (b"ratelimit-policy", f'"key";q={max(1, round(key.rate * window))};w={window}'.encode()),
+            (b"ratelimit-policy", policy(key)),
             (b"ratelimit", f'"key";r={remaining};t={reset}'.encode()),
         ]
         if allowed:
             return Verdict(True, headers)
         retry_after = max(1, math.ceil(held.denied_until - now))
         return Verdict(False, headers, retry_after)
+
+
+@functools.lru_cache(maxsize=4096)
+def policy(key: Key) -> bytes:
+    """RateLimit-Policy: the key's rate as q requests per w seconds (w=1 from 1/s up)."""
+    window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
+    return f'"key";q={max(1, round(key.rate * window))};w={window}'.encode()
 
 
 class ImageSigner:
@@ -262,15 +269,15 @@ class ImageSigner:
 class Signing:
     """Signs paths until one expiry (the Signer that job_json takes)."""
 
-    secret: bytes
+    secret: keys.KeyedHash
     expires: int
 
     def __call__(self, path: str) -> str:
         return f"?expires={self.expires}&sig={_signature(self.secret, path, self.expires).decode()}"
 
 
-def _signature(secret: bytes, path: str, expires: int) -> bytes:
-    digest = hmac.new(secret, f"{expires}:{path}".encode(), hashlib.sha256).digest()[:16]
+def _signature(secret: keys.KeyedHash, path: str, expires: int) -> bytes:
+    digest = secret(f"{expires}:{path}".encode())[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 

@@ -41,6 +41,10 @@ class Generation:
     started_at: datetime | None
     finished_at: datetime | None
     image_indexes: list[int] = field(default_factory=list)
+    webhook: str | None = None
+    """The URL its changes are POSTed to, if it asked for one."""
+    webhook_events: list[str] | None = None
+    """Which changes are (start, image, completed); None without a webhook."""
 
     @classmethod
     def from_record(cls, record: Any) -> Generation:
@@ -56,6 +60,8 @@ class Generation:
             started_at=record["started_at"],
             finished_at=record["finished_at"],
             image_indexes=list(record["image_indexes"]),
+            webhook=record["webhook"],
+            webhook_events=None if record["webhook_events"] is None else list(record["webhook_events"]),
         )
 
 
@@ -67,6 +73,11 @@ class Request:
     num_images: int
     animal: str
     max_attempts: int
+    webhook: str | None = None
+    """Where to POST its changes (checked by the caller), or None."""
+    webhook_events: tuple[str, ...] = ()
+    webhook_max_attempts: int = 1
+    """Attempts each of its webhook deliveries gets."""
     owner: int | None = None
 
 
@@ -82,6 +93,9 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
         [request.owner for request in requests],
+        [request.webhook for request in requests],
+        [",".join(request.webhook_events) for request in requests],
+        [request.webhook_max_attempts for request in requests],
     )
     created = {row[0]: row[1] for row in rows}
     return [
@@ -96,6 +110,8 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
             updated_at=created[job_id],
             started_at=None,
             finished_at=None,
+            webhook=request.webhook,
+            webhook_events=list(request.webhook_events) if request.webhook else None,
         )
         for job_id, request in zip(ids, requests, strict=True)
     ]
@@ -115,6 +131,13 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
 async def get(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> Generation | None:
     """The generation, if key `viewer` owns it (None: whoever owns it)."""
     row = await conn.fetchrow(queries.generation_get, job_id, viewer)
+    return None if row is None else Generation.from_record(row)
+
+
+async def at_version(conn: Connection, *, job_id: UUID, version: int) -> Generation | None:
+    """The generation as it was right after its change number `version` (see
+    generation_at_version); None when the job or that change is unknown."""
+    row = await conn.fetchrow(queries.generation_at_version, job_id, version)
     return None if row is None else Generation.from_record(row)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
 from app.queue.kinds import Kind
 from app.queue.maintenance import Maintenance, Round, queue_rounds
@@ -56,10 +57,12 @@ async def serve(
     pool: asyncpg.Pool,
     registry: Sequence[Kind],
     rounds: Sequence[Round] = (),
+    collectors: Sequence[Collector] = (),
 ) -> None:
     """Run one worker for the kinds WORKER_KINDS selects from `registry`, with the queue's
     maintenance rounds and `rounds`, until SIGTERM or SIGINT (a second one skips the grace
-    period). Retention deletes finished jobs of every registered kind, with its own data."""
+    period). Retention deletes finished jobs of every registered kind, with its own data.
+    `collectors` (a kind's own metrics) are served beside the worker's."""
     worker = Worker(
         pool=pool,
         listen_url=settings.database,
@@ -67,6 +70,8 @@ async def serve(
         timing=timing(settings),
     )
     metrics = worker.metrics
+    for collector in collectors:
+        metrics.registry.register(collector)
     maintenance = Maintenance(
         [
             *queue_rounds(

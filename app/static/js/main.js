@@ -181,6 +181,9 @@ async function loadPage(path) {
     $("loading").hidden = true;
     $("load-more").hidden = list.next === null;
   }
+  // A screen taller than the list: the end is still in view, and the observer will not
+  // fire again until it leaves and comes back.
+  if (list.next && $("load-more").getBoundingClientRect().top < innerHeight + 400) loadOlder();
 }
 
 function loadOlder() {
