@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
 import hmac
 import logging
 import math
@@ -27,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import db, keys
 from app.api.headers import header
 from app.api.problems import Problem, problem_response
-from app.keys import Key
+from app.keys import Key, KeyedHash
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +314,8 @@ class StreamTokens:
         return int(key_id)
 
 
-def _stream_signature(secret: bytes, payload: str) -> bytes:
-    digest = hmac.new(secret, f"stream:{payload}".encode(), hashlib.sha256).digest()[:16]
+def _stream_signature(secret: KeyedHash, payload: str) -> bytes:
+    digest = secret(f"stream:{payload}".encode())[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
