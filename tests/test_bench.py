@@ -179,3 +179,29 @@ def test_the_outbox_benchmark_times_both_sides(admin_url):
         assert set(figures[side]) == {"create", "claim", "complete"}
         assert all(value > 0 for value in figures[side].values()), figures
     assert figures["batches of 100 per side"] > 0
+
+
+def stores_bench(admin_url: str, measure: str) -> dict[str, Any]:
+    """One quick measure of bench/stores.py: its JSON figures."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stores.py"), "--quick", "--measure", measure],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])[measure]
+
+
+def test_the_stores_benchmark_stores_through_both_stores(admin_url):
+    """bench/stores.py (quick, worker and size) drives a real worker to each store and
+    fills a database through each: every job completes (some images per second), and the
+    images table of the s3 run holds no image bytes (smaller than the postgres run's)."""
+    worker = stores_bench(admin_url, "worker")
+    assert all(worker[store]["images_per_s"] > 1 for store in ("postgres", "s3")), worker
+    size = stores_bench(admin_url, "size")
+    images_mb = size["images"] * size["png_bytes"] / 1e6
+    assert size["postgres"]["images_table_mb"] >= images_mb
+    assert size["s3"]["images_table_mb"] < images_mb / 10
