@@ -81,6 +81,7 @@ def webhook_deliveries(
         resolver=resolver,
         connector=connector,
         ssl_context=ssl_context,
+        max_retry_after=max(settings.webhook_retry_delays),
     )
 
 

@@ -30,11 +30,11 @@ from app.keys import Key, KeyedHash
 
 log = logging.getLogger(__name__)
 
-KEY_CACHE_SECONDS = 2.0
+KEY_CACHE_SECONDS = 4.0
 """How long a process trusts a key it looked up: a revoked key works at most this long."""
 BATCH_SECONDS = 0.05
 """A process takes the tokens of this much of a key's rate from the shared bucket at once."""
-HOLD_SECONDS = 1.0
+HOLD_SECONDS = 3.0
 """Tokens a process took but did not use within this long are dropped (never used late)."""
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
 """Besides these, /docs/… and /static/… (the docs page's and the dashboard's files): the

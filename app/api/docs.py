@@ -625,7 +625,8 @@ WEBHOOK_DELIVERY = Operation(
         "timestamps more than 5 minutes off, and deduplicate on `webhook-id`: a delivery is "
         "sent at least once, and may arrive out of order. Answer 2xx within WEBHOOK_TIMEOUT "
         "(10 s) to acknowledge; 410 Gone to stop that delivery; anything else, or no answer, "
-        "is retried on WEBHOOK_RETRY_SCHEDULE (5 s, 1 min, 10 min, 1 h, 6 h), then given up. "
+        "is retried on WEBHOOK_RETRY_SCHEDULE (5 s, 1 min, 10 min, 1 h, 6 h), then given up "
+        "(a 429 or 503 with Retry-After: after that long instead). "
         "Redirects are not followed."
     ),
     params=(
