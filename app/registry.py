@@ -14,7 +14,7 @@ from app import db, keys
 from app.api import idempotency
 from app.api.auth import ImageSigner, Lazy
 from app.api.models import job_json
-from app.images import generate, generations
+from app.images import generate, generations, s3
 from app.images.providers.local import LocalProvider
 from app.queue.kinds import Kind, Retry, configured
 from app.queue.maintenance import Round
@@ -28,7 +28,11 @@ def kinds(settings: Settings, pool: asyncpg.Pool, deliveries: Deliveries | None 
     """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...): generations, and
     webhook deliveries when given `deliveries`."""
     provider = LocalProvider(delay=settings.image_provider_delay, size=settings.image_size)
-    registered = [generate.kind(pool, provider, db_patience=settings.lease_seconds)]
+    registered = [
+        generate.kind(
+            pool, provider, image_stores=s3.stores_for(settings), db_patience=settings.lease_seconds
+        )
+    ]
     if deliveries is not None:
         registered.append(deliveries.kind())
     return [configured(kind, settings.kind(kind.name)) for kind in registered]
@@ -77,6 +81,7 @@ def webhook_deliveries(
         resolver=resolver,
         connector=connector,
         ssl_context=ssl_context,
+        max_retry_after=max(settings.webhook_retry_delays),
     )
 
 
@@ -86,7 +91,16 @@ def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
     async def forget_expired_keys() -> None:
         await idempotency.forget_expired(pool, batch_size=settings.retention_batch_size)
 
-    return [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    found = [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    bucket = s3.stores_for(settings).by_name.get(s3.NAME)
+    if isinstance(bucket, s3.S3Store):
+        s3_store = bucket
+
+        async def delete_orphans() -> None:
+            await s3.delete_orphans(pool, s3_store)
+
+        found.append(Round("orphan-objects", 600.0, delete_orphans))
+    return found
 
 
 def pool_size(settings: Settings) -> int:

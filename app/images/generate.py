@@ -3,8 +3,6 @@ as it is made."""
 
 from __future__ import annotations
 
-import functools
-
 import asyncpg
 
 from app import db
@@ -14,13 +12,20 @@ from app.queue.kinds import Fail, Job, Kind, OwnershipLost, Retry
 from app.sql import queries
 
 
-def kind(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0) -> Kind:
+def kind(
+    pool: asyncpg.Pool,
+    provider: Provider,
+    *,
+    image_stores: stores.Stores = stores.IN_DATABASE,
+    db_patience: float = 30.0,
+) -> Kind:
     """The kind, with its defaults (4 slots, 3 attempts, 300 s per attempt); settings adjust
-    them at the entry point.
+    them at the entry point. Images go to `image_stores.writing`.
 
     Images already stored by an earlier attempt are kept, so a reclaimed job resumes. Database
     writes ride out an outage of up to `db_patience` seconds (a lease) rather than failing a
-    job whose images were made.
+    job whose images were made; a store that cannot take an image makes the attempt a
+    transient failure (retried on the kind's backoff).
     """
 
     async def generate(job: Job) -> None:
@@ -39,18 +44,19 @@ def kind(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0) -
             except ProviderError as exc:
                 reason = f"image {index}: {exc}"
                 raise (Retry(reason) if exc.transient else Fail(reason)) from exc
-            stored = await db.with_retries(
-                functools.partial(
-                    stores.store,
+            try:
+                stored = await stores.save(
                     pool,
+                    image_stores.writing,
                     job_id=job.id,
                     worker_id=job.worker_id,
                     attempt=job.attempts,
                     index=index,
                     png=png,
-                ),
-                deadline=db_patience,
-            )
+                    db_patience=db_patience,
+                )
+            except stores.StoreUnavailable as exc:
+                raise Retry(f"image {index}: {exc}") from exc
             if not stored:
                 raise OwnershipLost(job.id)
 
@@ -61,5 +67,5 @@ def kind(pool: asyncpg.Pool, provider: Provider, *, db_patience: float = 30.0) -
         timeout=300.0,
         max_attempts=3,
         watched=True,
-        forget=generations.forget,
+        forget=stores.forgetting(image_stores),
     )
