@@ -82,6 +82,8 @@ class Lazy:
         self._lock = asyncio.Lock()
 
     async def get(self) -> keys.KeyedHash:
+        """The secret (callers on a hot path read `value` first, and await this only while it
+        is None)."""
         if self.value is None:
             async with self._lock:
                 if self.value is None:
@@ -104,7 +106,7 @@ class KeyCache:
         self._refreshing: dict[bytes, asyncio.Task[Key | None]] = {}
 
     async def find(self, token: str) -> Key | None:
-        digest = keys.key_hash(await self._secret.get(), token)
+        digest = keys.key_hash(self._secret.value or await self._secret.get(), token)
         hit = self._found.get(digest)
         if hit is not None:
             key, looked_up = hit
@@ -254,7 +256,7 @@ class ImageSigner:
         half = self._ttl / 2
         moment = time.time() if now is None else now
         expires = int(math.ceil((moment + self._ttl) / half) * half)
-        return Signing(await self._secret.get(), expires)
+        return Signing(self._secret.value or await self._secret.get(), expires)
 
     async def valid(self, path: str, *, expires: str | None, signature: str | None) -> bool:
         """Whether `signature` signs `path` until `expires`, which is still to come."""
@@ -411,7 +413,7 @@ class AuthMiddleware:
         async def send_private(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), *extra]
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                if not any(name == b"cache-control" for name, _ in headers):  # Starlette's are lower-case
                     headers.append((b"cache-control", b"private"))
                 message["headers"] = headers
             await send(message)
