@@ -117,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "server":
         return serve_api(prepare(config))
     if args.command == "worker":
+        from app import registry
+
+        try:
+            registry.endpoint(config)  # the provider's key, checked before anything starts
+        except settings.SettingError as exc:
+            settings.stop(str(exc))
         return run_worker(prepare(config))
     config = prepare(config, migrate_now=False)
     if args.break_lock:

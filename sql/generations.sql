@@ -1,22 +1,27 @@
--- Image generations (jobs of kind 'generate') as the API and the generation handler see them:
--- what was asked for (generations), the job's status (the view jobs, or job_queue and
--- finished_jobs directly where an index of theirs serves) and the images stored so far.
+-- Image generations (jobs of the generation kinds: generate, generate-openai,
+-- generate-openrouter, one per provider) as the API and the generation handler see them: what
+-- was asked for (generations), the job's status (the view jobs, or job_queue and
+-- finished_jobs directly where an index of theirs serves) and the images stored so far with
+-- their types (generation_images).
 
 -- name: generation_create_many
--- Creates generation jobs in one statement: their queue jobs (kind generate, watched; one
--- NOTIFY) and what each asks for. Returns (job_id, created_at) of each.
--- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[]), $4 max_attempts (integer[])
+-- Creates generation jobs in one statement: their queue jobs (of their provider's kind,
+-- watched; one NOTIFY per kind) and what each asks for. Returns (job_id, created_at) of each.
+-- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[]), $4 max_attempts (integer[]),
+-- $5 kinds (text[]), $6 prompts (text[]), $7 providers (text[]), $8 models (text[])
 WITH created AS (
     SELECT job_id, created_at
-    FROM job_enqueue($1::uuid[], array_fill('generate'::text, ARRAY[cardinality($1::uuid[])]),
+    FROM job_enqueue($1::uuid[], $5::text[],
                      array_fill(NULL::jsonb, ARRAY[cardinality($1::uuid[])]),
                      array_fill(0::smallint, ARRAY[cardinality($1::uuid[])]), $4::integer[],
                      array_fill(true, ARRAY[cardinality($1::uuid[])]),
                      array_fill(NULL::timestamptz, ARRAY[cardinality($1::uuid[])]))
 ), described AS (
-    INSERT INTO generations (job_id, animal, num_images, created_at)
-    SELECT c.job_id, g.animal, g.num_images, c.created_at
-    FROM created c JOIN unnest($1::uuid[], $2::text[], $3::integer[]) AS g (job_id, animal, num_images)
+    INSERT INTO generations (job_id, animal, num_images, created_at, prompt, provider, model)
+    SELECT c.job_id, g.animal, g.num_images, c.created_at, g.prompt, g.provider, g.model
+    FROM created c
+    JOIN unnest($1::uuid[], $2::text[], $3::integer[], $6::text[], $7::text[], $8::text[])
+         AS g (job_id, animal, num_images, prompt, provider, model)
       ON g.job_id = c.job_id
 )
 SELECT job_id, created_at FROM created;
@@ -26,17 +31,18 @@ SELECT job_id, created_at FROM created;
 -- $1 job id
 SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
        j.updated_at, j.started_at, j.finished_at,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN jobs j ON j.id = g.job_id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE g.job_id = $1;
 
 -- name: generation_for_run
--- What the generation handler needs to run a claimed job: the request, and the images an
--- earlier attempt already stored (kept, not made again).
+-- What the generation handler needs to run a claimed job: the request (prompt and model
+-- included), and the images an earlier attempt already stored (kept, not made again).
 -- $1 job id
-SELECT g.animal, g.num_images,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+SELECT g.animal, g.num_images, g.prompt, g.provider, g.model, im.image_indexes
 FROM generations g
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE g.job_id = $1;
 
 -- name: generation_list
@@ -45,8 +51,9 @@ WHERE g.job_id = $1;
 -- $1 cursor created_at, $2 cursor id, $3 limit
 SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
        j.updated_at, j.started_at, j.finished_at,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN jobs j ON j.id = g.job_id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE (g.created_at, g.job_id) < ($1, $2)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
@@ -57,23 +64,31 @@ LIMIT $3;
 -- $1 cursor created_at, $2 cursor id, $3 limit
 SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
        f.finished_at AS updated_at, f.started_at, f.finished_at,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN finished_jobs f ON f.id = g.job_id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE f.status = 'completed' AND (g.created_at, g.job_id) < ($1, $2)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
 
 -- name: generation_list_unsuccessful
 -- Like generation_list, only generations that ended in status $1 (failed or canceled): read
--- through finished_jobs_unsuccessful_idx. The status is also spelled out as a condition, so
--- that even a generic plan (which cannot see $1) knows that index holds every row it wants.
--- $1 status, $2 cursor created_at, $3 cursor id, $4 limit
+-- through finished_jobs_unsuccessful_idx, a page of each generation kind $5 (one per
+-- provider), then merged. The status is also spelled out as a condition, so that even a
+-- generic plan (which cannot see $1) knows that index holds every row it wants.
+-- $1 status, $2 cursor created_at, $3 cursor id, $4 limit, $5 generation kinds (text[])
 SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
        f.finished_at AS updated_at, f.started_at, f.finished_at,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
-FROM finished_jobs f JOIN generations g ON g.job_id = f.id
-WHERE f.kind = 'generate' AND f.status = $1 AND f.status <> 'completed'
-  AND (f.created_at, f.id) < ($2, $3)
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
+FROM unnest($5::text[]) AS k (kind)
+CROSS JOIN LATERAL (
+    SELECT * FROM finished_jobs f
+    WHERE f.kind = k.kind AND f.status = $1 AND f.status <> 'completed' AND (f.created_at, f.id) < ($2, $3)
+    ORDER BY f.created_at DESC, f.id DESC
+    LIMIT $4
+) AS f
+JOIN generations g ON g.job_id = f.id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
 ORDER BY f.created_at DESC, f.id DESC
 LIMIT $4;
 
@@ -81,13 +96,14 @@ LIMIT $4;
 -- Like generation_list, only generations whose job waits ($1 false: pending) or runs ($1 true:
 -- processing). There are few of those (at most about MAX_PENDING_JOBS, and the workers'
 -- slots): they are read from job_queue, then sorted.
--- $1 running, $2 cursor created_at, $3 cursor id, $4 limit
+-- $1 running, $2 cursor created_at, $3 cursor id, $4 limit, $5 generation kinds (text[])
 SELECT g.job_id AS id, CASE WHEN q.worker_id IS NULL THEN 'pending' ELSE 'processing' END AS status,
        g.num_images, g.animal, q.error, q.attempts, q.created_at, q.updated_at, q.started_at,
        NULL::timestamptz AS finished_at,
-       ARRAY(SELECT i.idx FROM images i WHERE i.job_id = g.job_id ORDER BY i.idx) AS image_indexes
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM job_queue q JOIN generations g ON g.job_id = q.id
-WHERE q.kind = 'generate' AND (q.worker_id IS NOT NULL) = $1
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
+WHERE q.kind = ANY($5::text[]) AND (q.worker_id IS NOT NULL) = $1
   AND (q.created_at, q.id) < ($2, $3)
 ORDER BY q.created_at DESC, q.id DESC
 LIMIT $4;

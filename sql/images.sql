@@ -5,12 +5,13 @@
 -- image is a change of the job: its version goes up, updated_at moves, and a `progress` event
 -- says which image. Storing an image twice (a write retried after a lost connection) changes
 -- nothing. Returns whether the worker still owned the job.
--- $1 job_id, $2 worker_id, $3 attempt, $4 idx, $5 png, $6 sha256
+-- $1 job_id, $2 worker_id, $3 attempt, $4 idx, $5 png (the image's bytes), $6 sha256,
+-- $7 content_type, $8 provider, $9 model, $10 provider_request_id, $11 latency_ms
 WITH owned AS (
     SELECT id FROM job_queue WHERE id = $1 AND worker_id = $2 AND attempts = $3 FOR UPDATE
 ), stored AS (
-    INSERT INTO images (job_id, idx, png, sha256)
-    SELECT owned.id, $4, $5, $6 FROM owned
+    INSERT INTO images (job_id, idx, png, sha256, content_type, provider, model, provider_request_id, bytes, latency_ms)
+    SELECT owned.id, $4, $5::bytea, $6, $7, $8, $9, $10, octet_length($5::bytea), $11 FROM owned
     ON CONFLICT (job_id, idx) DO NOTHING
     RETURNING job_id
 ), touched AS (
@@ -25,6 +26,6 @@ WITH owned AS (
 SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 
 -- name: image_get
--- One stored image.
+-- One stored image, with its type.
 -- $1 job_id, $2 idx
-SELECT png, sha256 FROM images WHERE job_id = $1 AND idx = $2;
+SELECT png, sha256, content_type FROM images WHERE job_id = $1 AND idx = $2;

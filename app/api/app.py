@@ -170,10 +170,14 @@ async def create_generation(request: Request) -> Response:
     if key is not None:
         fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
         replay = await known_job(state.pool, key=key, fingerprint=fingerprint)
+    animal = wanted.animal or random.choice(ANIMALS)
     spec = GenerationSpec(
         num_images=wanted.num_images,
-        animal=wanted.animal or random.choice(ANIMALS),
+        animal=animal,
         max_attempts=settings.job_max_attempts,
+        prompt=settings.prompt(animal),
+        provider=settings.image_provider,
+        model=settings.image_model,
     )
     replayed = replay is not None
     if replay is not None:
@@ -288,17 +292,18 @@ async def get_image(request: Request) -> Response:
     name: str = request.path_params["name"]
     stem, _, extension = name.partition(".")
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
-    if extension != "png" or not canonical:
+    if not canonical:
         raise problems.no_such_image()
     found = await stores.get(request.state.pool, job_id=job_id, index=int(stem))
     if found is None:
         raise problems.no_such_image()
-    png, digest = found
-    etag = f'"{digest}"'
+    if extension != stores.EXTENSIONS[found.content_type]:
+        raise problems.no_such_image()
+    etag = f'"{found.sha256}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
     if etag_matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return Response(png, headers=headers, media_type="image/png")
+    return Response(found.data, headers=headers, media_type=found.content_type)
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -335,7 +340,7 @@ async def metrics_endpoint(request: Request) -> Response:
     state = request.state
     metrics: ServerMetrics = state.metrics
     with suppress(db.Unavailable, db.StatementFailed):
-        depth = await generations.queue_depth(state.pool)
+        depth = await generations.queue_depth(state.pool, kind=state.backlog.kind)
         metrics.queue_depth.labels("pending").set(depth["pending"])
         metrics.queue_depth.labels("processing").set(depth["processing"])
         oldest = depth["oldest_due"]
@@ -390,7 +395,9 @@ def create_app(settings: Settings) -> Starlette:
                 "pool": pool,
                 "migration_ids": migration_ids(),
                 "watch": watch,
-                "backlog": backlog.Backlog(settings.max_pending_jobs),
+                "backlog": backlog.Backlog(
+                    settings.max_pending_jobs, kind=generations.kind_for(settings.image_provider)
+                ),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
             }

@@ -20,6 +20,7 @@ from pydantic import (
 from app.api.problems import echo
 from app.images.animals import ANIMALS
 from app.images.generations import Generation
+from app.images.stores import EXTENSIONS
 from app.queue.kinds import Status as JobStatus
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
@@ -88,6 +89,9 @@ EXAMPLE_JOB: dict[str, Any] = {
     "attempts": 1,
     "startedAt": "2026-11-27T10:30:00.125002+00:00",
     "finishedAt": "2026-11-27T10:30:04.456789+00:00",
+    "prompt": "a cute bear",
+    "provider": "openai",
+    "model": "gpt-image-1",
 }
 
 
@@ -108,6 +112,15 @@ class JobOut(BaseModel):
     attempts: int
     started_at: Timestamp | None = Field(serialization_alias="startedAt")
     finished_at: Timestamp | None = Field(serialization_alias="finishedAt")
+    prompt: str | None = Field(
+        description="The text sent to the model (null for jobs made before providers existed)"
+    )
+    provider: str = Field(
+        description="What makes its images: `local`, `openai` or `openrouter`, fixed at creation"
+    )
+    model: str | None = Field(
+        description="The model asked for, fixed at creation; null for the local renderer"
+    )
 
 
 def job_json(job: Generation, *, base_url: str) -> bytes:
@@ -121,13 +134,19 @@ def job_json(job: Generation, *, base_url: str) -> bytes:
             "status": job.status.value,
             "numImages": job.num_images,
             "animal": job.animal,
-            "imageUrls": [f"{base_url}/images/{job.id}/{index}.png" for index in job.image_indexes],
+            "imageUrls": [
+                f"{base_url}/images/{job.id}/{index}.{EXTENSIONS[content_type]}"
+                for index, content_type in zip(job.image_indexes, job.image_types, strict=True)
+            ],
             "createdAt": job.created_at.isoformat(),
             "updatedAt": job.updated_at.isoformat(),
             "error": job.error,
             "attempts": job.attempts,
             "startedAt": None if job.started_at is None else job.started_at.isoformat(),
             "finishedAt": None if job.finished_at is None else job.finished_at.isoformat(),
+            "prompt": job.prompt,
+            "provider": job.provider,
+            "model": job.model,
         },
         ensure_ascii=False,
         separators=(",", ":"),

@@ -16,11 +16,23 @@ import asyncpg
 
 from app import db
 from app.batching import Batcher
+from app.images.providers import NAMES
 from app.queue import jobs as queue
 from app.queue.kinds import Status
 from app.sql import queries
 
 KIND = "generate"
+"""The generation kind of the local renderer; each HTTP provider has its own (`kind_for`)."""
+
+
+def kind_for(provider: str) -> str:
+    """The kind of a generation made by `provider`: `generate` for the local renderer (every
+    generation made before providers existed), `generate-<provider>` for the others."""
+    return KIND if provider == "local" else f"{KIND}-{provider}"
+
+
+KINDS = [kind_for(provider) for provider in NAMES]
+"""Every generation kind."""
 
 Connection = db.Executor
 
@@ -39,7 +51,13 @@ class Generation:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    prompt: str | None = None
+    """The text sent to the model (None: made before providers existed)."""
+    provider: str = "local"
+    model: str | None = None
     image_indexes: list[int] = field(default_factory=list)
+    image_types: list[str] = field(default_factory=list)
+    """The content type of each stored image, in the order of `image_indexes`."""
 
     @classmethod
     def from_record(cls, record: Any) -> Generation:
@@ -54,17 +72,25 @@ class Generation:
             updated_at=record["updated_at"],
             started_at=record["started_at"],
             finished_at=record["finished_at"],
+            prompt=record["prompt"],
+            provider=record["provider"],
+            model=record["model"],
             image_indexes=list(record["image_indexes"]),
+            image_types=list(record["image_types"]),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What a client asks for: `num_images` pictures of `animal`."""
+    """What a client asks for, `num_images` pictures of `animal`, and what the server's
+    settings fix for it: the prompt sent, the provider and the model."""
 
     num_images: int
     animal: str
     max_attempts: int
+    prompt: str | None = None
+    provider: str = "local"
+    model: str | None = None
 
 
 @db.translated
@@ -78,6 +104,10 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.animal for request in requests],
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
+        [kind_for(request.provider) for request in requests],
+        [request.prompt for request in requests],
+        [request.provider for request in requests],
+        [request.model for request in requests],
     )
     created = {row[0]: row[1] for row in rows}
     return [
@@ -92,6 +122,9 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
             updated_at=created[job_id],
             started_at=None,
             finished_at=None,
+            prompt=request.prompt,
+            provider=request.provider,
+            model=request.model,
         )
         for job_id, request in zip(ids, requests, strict=True)
     ]
@@ -120,15 +153,15 @@ async def cancel(conn: Connection, *, job_id: UUID) -> bool:
 
 
 @db.translated
-async def pending_count(conn: Connection, *, cap: int) -> int:
-    """Generations waiting, counted no further than `cap`."""
-    return await queue.pending_count(conn, kind=KIND, cap=cap)
+async def pending_count(conn: Connection, *, cap: int, kind: str = KIND) -> int:
+    """Generations of `kind` waiting, counted no further than `cap`."""
+    return await queue.pending_count(conn, kind=kind, cap=cap)
 
 
 @db.translated
-async def queue_depth(conn: Connection) -> asyncpg.Record:
-    """(pending, processing, oldest_due, now) of generations."""
-    return await queue.depth(conn, kind=KIND)
+async def queue_depth(conn: Connection, *, kind: str = KIND) -> asyncpg.Record:
+    """(pending, processing, oldest_due, now) of generations of `kind`."""
+    return await queue.depth(conn, kind=kind)
 
 
 async def forget(conn: db.Connection, job_ids: list[UUID]) -> None:
@@ -151,8 +184,14 @@ def list_statement(
     if status is Status.COMPLETED:
         return queries.generation_list_completed, (created_at, job_id, limit)
     if status in (Status.PENDING, Status.PROCESSING):
-        return queries.generation_list_waiting, (status is Status.PROCESSING, created_at, job_id, limit)
-    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit)
+        return queries.generation_list_waiting, (
+            status is Status.PROCESSING,
+            created_at,
+            job_id,
+            limit,
+            KINDS,
+        )
+    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, KINDS)
 
 
 @db.translated

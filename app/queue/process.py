@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
-from app.queue.kinds import Kind
+from app.queue.kinds import Forget, Kind
 from app.queue.maintenance import Maintenance, Round, queue_rounds
 from app.queue.worker import Timing, Worker
 from app.settings import SettingError, Settings
@@ -56,10 +57,14 @@ async def serve(
     pool: asyncpg.Pool,
     registry: Sequence[Kind],
     rounds: Sequence[Round] = (),
+    retained: Mapping[str, Forget | None] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> None:
     """Run one worker for the kinds WORKER_KINDS selects from `registry`, with the queue's
     maintenance rounds and `rounds`, until SIGTERM or SIGINT (a second one skips the grace
-    period). Retention deletes finished jobs of every registered kind, with its own data."""
+    period). Retention deletes finished jobs of every registered kind, with its own data, and
+    of the kinds in `retained` (kinds this worker does not run), with what each forgets.
+    `collectors` are served beside the worker's own metrics."""
     worker = Worker(
         pool=pool,
         listen_url=settings.database,
@@ -74,13 +79,15 @@ async def serve(
                 lease_seconds=settings.lease_seconds,
                 retention_days=settings.retention_days,
                 retention_batch=settings.retention_batch_size,
-                forget={kind.name: kind.forget for kind in registry},
+                forget={**(retained or {}), **{kind.name: kind.forget for kind in registry}},
                 on_reclaimed=metrics.reclaimed,
             ),
             *rounds,
         ],
         on_failure=lambda name: metrics.maintenance_failures.labels(name).inc(),
     )
+    for collector in collectors:
+        metrics.registry.register(collector)
     if settings.worker_metrics_port is not None:
         serve_metrics(metrics.registry, settings.worker_metrics_port)
     loop = asyncio.get_running_loop()
