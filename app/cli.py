@@ -5,11 +5,13 @@ menagerie worker      one worker; start as many as you like, on any host
 menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock)
 menagerie run         server and one worker (and an embedded PostgreSQL when DATABASE_URL
                       is unset): what `make run` does; Ctrl-C stops them all
+menagerie keys        create, list and revoke API keys
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,10 +19,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
-from app import migrate, settings
+import asyncpg
+
+from app import keys, migrate, settings
 from app.process import prepare
+
+T = TypeVar("T")
 
 
 def serve_api(config: settings.Settings) -> int:
@@ -59,6 +67,7 @@ def run_all(config: settings.Settings) -> int:
     """Start the server and one worker (and the embedded PostgreSQL when DATABASE_URL is
     unset); on Ctrl-C or SIGTERM stop them all, in order, and return the exit code."""
     config = prepare(config.model_copy(update={"debugpy_port": None}))
+    banner = dev_key_banner(config) if config.auth == "keys" else ""
     env = {**os.environ, "DATABASE_URL": config.database, "AUTO_MIGRATE": "false"}
     # One port cannot serve two debuggees: with DEBUGPY_PORT set, only the worker listens.
     server_env = {key: value for key, value in env.items() if key != "DEBUGPY_PORT"}
@@ -78,6 +87,8 @@ def run_all(config: settings.Settings) -> int:
     while not stopping and all(child.poll() is None for child in children):
         if not announced and _answers(f"http://{_reachable(config.host)}:{config.port}/healthz"):
             print(f"menagerie: serving http://{config.host}:{config.port} (Ctrl-C stops)", file=sys.stderr)
+            if banner:  # last, where it is seen
+                print(banner, file=sys.stderr)
             announced = True
         time.sleep(0.2)
     for child in children:
@@ -85,6 +96,135 @@ def run_all(config: settings.Settings) -> int:
             child.send_signal(signal.SIGTERM)
     codes = [child.wait() for child in children]
     return 0 if stopping else max(code for code in codes if code is not None) or 1
+
+
+DEV_KEY = "dev"
+DEV_KEY_FILE = "dev-key"
+
+
+def dev_key_banner(config: settings.Settings) -> str:
+    """The admin key `dev` for a local run, made at the first start and kept in DATA_DIR
+    (mode 0600), ready to paste. Made again when the kept one no longer works (revoked, or
+    another database)."""
+    kept = Path(config.data_dir) / DEV_KEY_FILE
+    token = kept.read_text().strip() if kept.exists() else None
+
+    async def ensure(conn: asyncpg.Connection) -> str:
+        if token is not None:
+            secret = await keys.server_secret(conn, keys.KEY_HASH_SECRET)
+            if await keys.authenticate(conn, digest=keys.key_hash(secret, token)) is not None:
+                return token
+        try:
+            made, _ = await keys.create(
+                conn, name=DEV_KEY, admin=True, rate=DEFAULT_RATE, burst=DEFAULT_BURST, max_pending=None
+            )
+        except keys.KeyExists:  # its file was lost: replace it
+            await keys.revoke(conn, name=DEV_KEY)
+            made, _ = await keys.create(
+                conn, name=DEV_KEY, admin=True, rate=DEFAULT_RATE, burst=DEFAULT_BURST, max_pending=None
+            )
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.unlink(missing_ok=True)
+        descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(made + "\n")
+        return made
+
+    token = with_connection(config.database, ensure)
+    return (
+        f"menagerie: the admin key {DEV_KEY!r} (kept in {kept}); to use it in this shell:\n"
+        f"export MENAGERIE_KEY={token}"
+    )
+
+
+def with_connection(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` on one connection to `url`, from synchronous code."""
+
+    async def run() -> T:
+        conn = await asyncpg.connect(url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+DEFAULT_RATE = 10.0
+DEFAULT_BURST = 20
+
+
+def rate(text: str) -> float:
+    """`10`, `10/s` or `2.5/s`: requests per second, above 0."""
+    value = float(text.strip().removesuffix("/s"))
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def manage_keys(config: settings.Settings, args: argparse.Namespace) -> int:
+    """`keys create|list|revoke`; prints a new key once, never stores it."""
+
+    async def create(conn: asyncpg.Connection) -> int:
+        try:
+            token, key = await keys.create(
+                conn,
+                name=args.name,
+                admin=args.admin,
+                rate=args.rate,
+                burst=args.burst,
+                max_pending=args.max_pending,
+            )
+        except keys.KeyExists:
+            print(f"menagerie: a live key is already named {args.name!r} (revoke it first)", file=sys.stderr)
+            return 1
+        except asyncpg.CheckViolationError:
+            print(
+                f"menagerie: {args.name!r} is not a key name (letters, digits, _.@-, 64 at most)",
+                file=sys.stderr,
+            )
+            return 2
+        kind = "admin key" if key.admin else "key"
+        print(f"menagerie: {kind} {key.name!r} made; it is shown only now:", file=sys.stderr)
+        print(token)
+        return 0
+
+    async def listing(conn: asyncpg.Connection) -> int:
+        rows = await keys.list_all(conn)
+        print(
+            f"{'name':<20} {'prefix':<13} {'admin':<5} {'rate/s':>7} {'burst':>6} {'pending':>7}  "
+            f"{'created':<20} {'last used':<20} revoked"
+        )
+        for row in rows:
+            print(
+                f"{row['name']:<20} {row['prefix']:<13} {'yes' if row['admin'] else 'no':<5} "
+                f"{row['rate']:>7g} {row['burst']:>6} {row['max_pending'] or '-':>7}  "
+                f"{_when(row['created_at']):<20} {_when(row['last_used_at']):<20} {_when(row['revoked_at'])}"
+            )
+        return 0
+
+    async def revoke(conn: asyncpg.Connection) -> int:
+        try:
+            prefix = await keys.revoke(conn, name=args.name)
+        except keys.NoSuchKey:
+            print(f"menagerie: no live key is named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"menagerie: revoked {args.name!r} ({prefix}…); servers refuse it within 5 s", file=sys.stderr)
+        return 0
+
+    work = {"create": create, "list": listing, "revoke": revoke}[args.action]
+    return with_connection(config.database, work)
+
+
+def _when(moment: object) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
 def _reachable(host: str) -> str:
@@ -110,8 +250,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrating.add_argument(
         "--break-lock", action="store_true", help="first clear a lock left by a killed process"
     )
+    managing = commands.add_parser("keys", help="create, list and revoke API keys")
+    actions = managing.add_subparsers(dest="action", required=True)
+    creating = actions.add_parser("create", help="make a key and print it (once)")
+    creating.add_argument("name", help="who the key is for (letters, digits, _.@-)")
+    creating.add_argument("--admin", action="store_true", help="sees and cancels every job")
+    creating.add_argument(
+        "--rate", type=rate, default=DEFAULT_RATE, help=f"requests per second, e.g. 10/s ({DEFAULT_RATE:g})"
+    )
+    creating.add_argument(
+        "--burst",
+        type=positive,
+        default=DEFAULT_BURST,
+        help=f"requests at once above the rate ({DEFAULT_BURST})",
+    )
+    creating.add_argument(
+        "--max-pending", type=positive, default=None, help="pending jobs at once (no limit)"
+    )
+    actions.add_parser("list", help="every key: name, prefix, admin, limits, created, last used, revoked")
+    revoking = actions.add_parser("revoke", help="stop a key working (within 5 s everywhere)")
+    revoking.add_argument("name")
     args = parser.parse_args(argv)
     config = settings.load()
+    if args.command == "keys":
+        return manage_keys(prepare(config), args)
     if args.command == "run":
         return run_all(config)
     if args.command == "server":

@@ -5,6 +5,7 @@ Entry points call `load()` once and pass the frozen result down.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import string
@@ -20,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -92,6 +94,16 @@ class Settings(BaseSettings):
     insert_batch_max: int = Field(500, ge=1, le=5_000)
     """At most this many concurrent POSTs share one INSERT (and one commit and one NOTIFY);
     1 inserts every job on its own."""
+
+    auth: Literal["keys", "none"] = "keys"
+    """`keys`: every API call needs a key (`menagerie keys create`); `none`: anyone who can
+    reach the server may do anything, allowed only while HOST is a loopback address."""
+    image_url_ttl: PositiveSeconds = 3600.0
+    """With AUTH=keys, image URLs are signed and valid this long (and up to half as long again)."""
+    image_url_secret: SecretStr | None = None
+    """Signs image URLs; unset: a random one made once and kept in the database."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins (comma list, or `*`) whose web pages may call the API; none by default."""
 
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)
@@ -205,10 +217,11 @@ class Settings(BaseSettings):
             raise ValueError("must include image (image,text or image)")
         return value
 
-    @field_validator("worker_kinds", mode="before")
+    @field_validator("worker_kinds", "cors_origins", mode="before")
     @classmethod
-    def _kinds(cls, value: object) -> object:
-        return _comma_list(value) or None
+    def _lists(cls, value: object, info: ValidationInfo) -> object:
+        parts = _comma_list(value)
+        return parts or (None if info.field_name == "worker_kinds" else [])
 
     @field_validator("generate_backoff")
     @classmethod
@@ -233,6 +246,20 @@ class Settings(BaseSettings):
             return 300.0
         rounds = -(-self.max_images_per_job * self.worker_concurrency // self.provider_max_concurrency)
         return rounds * self.image_provider_timeout + 60.0
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _lowercase_auth(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _no_open_server(self) -> Settings:
+        if self.auth == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f"AUTH=none is allowed only while HOST is a loopback address, not {self.host!r}: "
+                "use AUTH=keys (and menagerie keys create NAME)"
+            )
+        return self
 
     @property
     def database(self) -> str:
@@ -299,14 +326,26 @@ def _comma_list(value: object) -> object:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (HOST) only listens on this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def load(**overrides: Any) -> Settings:
     """Read settings; on a bad value print one line naming the variable and exit 2."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = _variable(str(error["loc"][0])) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule between settings: the message names them
+            stop(f"bad settings: {message}")
+        name = _variable(str(error["loc"][0]))
         stop(f"bad setting {name}={error.get('input')!r}: {message}")
 
 

@@ -4,10 +4,16 @@
 * ``get``   - ``GET /generations/{id}`` of one job at 64 connections, and the same request to
   bench/bare_app.py (bare Starlette + asyncpg running the same statement: the ceiling),
   alternating, two rounds each; ``vs_bare`` is menagerie's rate over the ceiling's.
+* ``auth``  - the cost of API keys: POST and GET spread over 100 keys (each GETs its own job,
+  which has one image, so its URL is signed) with ``AUTH=keys``, against the same requests
+  with ``AUTH=none``, alternating none, keys, none, keys (one round each when quick); per
+  side the median round, and ``keys_vs_none`` for req/s and p99.
 
 The server runs as its own process on a fresh database (no worker, so every job stays
 pending; MAX_PENDING_JOBS is raised so backpressure never answers). wrk runs on the same
 machine (2 cores here: the load generator competes with the server and PostgreSQL).
+
+The server under test runs with AUTH=none unless ``--server-env AUTH=keys`` says otherwise.
 
 Usage::
 
@@ -83,6 +89,7 @@ async def server(
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
         "MAX_PENDING_JOBS": "100000000",
+        "AUTH": "none",
         **(extra_env or {}),
     }
     process = subprocess.Popen([sys.executable, str(script)], env=env, cwd=tempfile.gettempdir())
@@ -168,6 +175,108 @@ async def measure(
     }
 
 
+KEYS = 100
+KEY_SCRIPT = """
+local keys = {%s}
+local paths = {%s}
+local method, body = "%s", %s
+local turn = 0
+request = function()
+  turn = turn %% #keys + 1
+  local headers = {["Authorization"] = "Bearer " .. keys[turn], ["Content-Type"] = "application/json"}
+  return wrk.format(method, paths[turn], headers, body)
+end
+"""
+"""wrk's requests for the auth measure: key after key, each to its own job (GET) or to
+/generations (POST). The same script drives AUTH=none, which ignores the header."""
+
+
+def key_script(tokens: list[str], paths: list[str], *, post: bool) -> str:
+    quoted = ", ".join(f'"{token}"' for token in tokens)
+    where = ", ".join(f'"{path}"' for path in paths)
+    return KEY_SCRIPT % (quoted, where, "POST" if post else "GET", "'{\"numImages\": 1}'" if post else "nil")
+
+
+async def measure_auth(*, quick: bool, connections: int, dsn_admin: str) -> dict[str, Any]:
+    """POST and GET with AUTH=keys (100 keys) against AUTH=none, alternating."""
+    from app import keys
+
+    seconds = DURATION_S[1 if quick else 0]
+    async with fresh_database(dsn_admin, "auth") as dsn:
+        from app import migrate
+
+        await asyncio.to_thread(migrate.apply, dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            tokens = [
+                (
+                    await keys.create(
+                        conn, name=f"bench{n}", admin=False, rate=1000, burst=1000, max_pending=None
+                    )
+                )[0]
+                for n in range(KEYS)
+            ]
+        finally:
+            await conn.close()
+        async with server(dsn, {"AUTH": "keys"}) as served, httpx.AsyncClient(base_url=served.base) as http:
+            jobs = [
+                (
+                    await http.post(
+                        "/generations", json={"numImages": 1}, headers={"Authorization": f"Bearer {token}"}
+                    )
+                ).json()["jobId"]
+                for token in tokens
+            ]
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO images (job_id, idx, png, sha256) SELECT unnest($1::uuid[]), 0, '\\x00', 'x'",
+                jobs,
+            )
+        finally:
+            await conn.close()
+        scripts = {
+            "post": key_script(tokens, ["/generations"] * KEYS, post=True),
+            "get": key_script(tokens, [f"/generations/{job}" for job in jobs], post=False),
+        }
+        rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {"none": [], "keys": []} for name in scripts
+        }
+        for _ in range(1 if quick else 2):
+            for mode in ("none", "keys"):
+                async with server(dsn, {"AUTH": mode}) as served:
+                    for name, script in scripts.items():
+                        figures = await asyncio.to_thread(
+                            wrk,
+                            f"{served.base}/generations",
+                            connections=connections,
+                            seconds=seconds,
+                            script=script,
+                        )
+                        rounds[name][mode].append(figures)
+
+    def middle(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return sorted(runs, key=lambda run: run["requests_per_s"])[(len(runs) - 1) // 2]
+
+    result: dict[str, Any] = {}
+    for name, sides in rounds.items():
+        none, keyed = middle(sides["none"]), middle(sides["keys"])
+        result[name] = {
+            "none": {key: none[key] for key in ("requests_per_s", "p50_ms", "p99_ms", "failed")},
+            "keys": {key: keyed[key] for key in ("requests_per_s", "p50_ms", "p99_ms", "failed")},
+            "keys_vs_none_rate": round(keyed["requests_per_s"] / none["requests_per_s"], 3),
+            "keys_vs_none_p99": round(keyed["p99_ms"] / none["p99_ms"], 3),
+            "rounds": {mode: [run["requests_per_s"] for run in runs] for mode, runs in sides.items()},
+        }
+    return {
+        "measure": "http-auth",
+        "quick": quick,
+        "connections": connections,
+        "keys": KEYS,
+        "figures": result,
+    }
+
+
 BARE_APP = ROOT / "bench" / "bare_app.py"
 
 
@@ -206,7 +315,7 @@ async def get_against_bare(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--measure", choices=("post", "get"), required=True)
+    parser.add_argument("--measure", choices=("post", "get", "auth"), required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
@@ -222,6 +331,12 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/web.py needs wrk: apt-get install wrk")
     sys.path.insert(0, str(ROOT))
+    if args.measure == "auth":
+        result = asyncio.run(
+            measure_auth(quick=args.quick, connections=args.connections, dsn_admin=args.dsn_admin)
+        )
+        print(json.dumps(result), flush=True)
+        return
     result = asyncio.run(
         measure(
             args.measure,

@@ -6,35 +6,38 @@
 
 -- name: generation_create_many
 -- Creates generation jobs in one statement: their queue jobs (of their provider's kind,
--- watched; one NOTIFY per kind) and what each asks for. Returns (job_id, created_at) of each.
+-- watched; one NOTIFY per kind) and what each asks for, and the key that owns each. Returns
+-- (job_id, created_at) of each.
 -- $1 job ids (uuid[]), $2 animals (text[]), $3 num_images (integer[]), $4 max_attempts (integer[]),
--- $5 kinds (text[]), $6 prompts (text[]), $7 providers (text[]), $8 models (text[])
+-- $5 owner keys (bigint[], NULL elements for none), $6 kinds (text[]), $7 prompts (text[]),
+-- $8 providers (text[]), $9 models (text[])
 WITH created AS (
     SELECT job_id, created_at
-    FROM job_enqueue($1::uuid[], $5::text[],
+    FROM job_enqueue($1::uuid[], $6::text[],
                      array_fill(NULL::jsonb, ARRAY[cardinality($1::uuid[])]),
                      array_fill(0::smallint, ARRAY[cardinality($1::uuid[])]), $4::integer[],
                      array_fill(true, ARRAY[cardinality($1::uuid[])]),
                      array_fill(NULL::timestamptz, ARRAY[cardinality($1::uuid[])]))
 ), described AS (
-    INSERT INTO generations (job_id, animal, num_images, created_at, prompt, provider, model)
-    SELECT c.job_id, g.animal, g.num_images, c.created_at, g.prompt, g.provider, g.model
+    INSERT INTO generations (job_id, animal, num_images, created_at, owner_key, prompt, provider, model)
+    SELECT c.job_id, g.animal, g.num_images, c.created_at, g.owner_key, g.prompt, g.provider, g.model
     FROM created c
-    JOIN unnest($1::uuid[], $2::text[], $3::integer[], $6::text[], $7::text[], $8::text[])
-         AS g (job_id, animal, num_images, prompt, provider, model)
+    JOIN unnest($1::uuid[], $2::text[], $3::integer[], $5::bigint[], $7::text[], $8::text[], $9::text[])
+         AS g (job_id, animal, num_images, owner_key, prompt, provider, model)
       ON g.job_id = c.job_id
 )
 SELECT job_id, created_at FROM created;
 
 -- name: generation_get
 -- One generation with its job's status and the indexes of the images stored so far.
--- $1 job id
+-- Only a generation key $2 owns, or any when $2 is NULL (an admin key, or AUTH=none).
+-- $1 job id, $2 viewer key id
 SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
        j.updated_at, j.started_at, j.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN jobs j ON j.id = g.job_id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
-WHERE g.job_id = $1;
+WHERE g.job_id = $1 AND ($2::bigint IS NULL OR g.owner_key = $2);
 
 -- name: generation_for_run
 -- What the generation handler needs to run a claimed job: the request (prompt and model
@@ -47,47 +50,53 @@ WHERE g.job_id = $1;
 
 -- name: generation_list
 -- A page of generations, newest first, strictly after the keyset cursor (created_at, id).
--- The first page passes a cursor after every job (the largest timestamp and uuid).
--- $1 cursor created_at, $2 cursor id, $3 limit
+-- The first page passes a cursor after every job (the largest timestamp and uuid). Only the
+-- generations key $4 owns, or all when $4 is NULL (see generation_get).
+-- $1 cursor created_at, $2 cursor id, $3 limit, $4 viewer key id
 SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
        j.updated_at, j.started_at, j.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN jobs j ON j.id = g.job_id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
-WHERE (g.created_at, g.job_id) < ($1, $2)
+WHERE (g.created_at, g.job_id) < ($1, $2) AND ($4::bigint IS NULL OR g.owner_key = $4)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
 
 -- name: generation_list_completed
 -- Like generation_list, completed generations only: walks all generations newest first and
 -- keeps the completed ones, which are nearly all of them.
--- $1 cursor created_at, $2 cursor id, $3 limit
+-- $1 cursor created_at, $2 cursor id, $3 limit, $4 viewer key id
 SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
        f.finished_at AS updated_at, f.started_at, f.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN finished_jobs f ON f.id = g.job_id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE f.status = 'completed' AND (g.created_at, g.job_id) < ($1, $2)
+  AND ($4::bigint IS NULL OR g.owner_key = $4)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
 
 -- name: generation_list_unsuccessful
 -- Like generation_list, only generations that ended in status $1 (failed or canceled): read
--- through finished_jobs_unsuccessful_idx, a page of each generation kind $5 (one per
+-- through finished_jobs_unsuccessful_idx, a page of each generation kind $6 (one per
 -- provider), then merged. The status is also spelled out as a condition, so that even a
 -- generic plan (which cannot see $1) knows that index holds every row it wants.
--- $1 status, $2 cursor created_at, $3 cursor id, $4 limit, $5 generation kinds (text[])
+-- $1 status, $2 cursor created_at, $3 cursor id, $4 limit, $5 viewer key id,
+-- $6 generation kinds (text[])
 SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
        f.finished_at AS updated_at, f.started_at, f.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
-FROM unnest($5::text[]) AS k (kind)
+FROM unnest($6::text[]) AS k (kind)
 CROSS JOIN LATERAL (
-    SELECT * FROM finished_jobs f
-    WHERE f.kind = k.kind AND f.status = $1 AND f.status <> 'completed' AND (f.created_at, f.id) < ($2, $3)
+    SELECT f.id
+    FROM finished_jobs f JOIN generations g ON g.job_id = f.id
+    WHERE f.kind = k.kind AND f.status = $1 AND f.status <> 'completed'
+      AND (f.created_at, f.id) < ($2, $3) AND ($5::bigint IS NULL OR g.owner_key = $5)
     ORDER BY f.created_at DESC, f.id DESC
     LIMIT $4
-) AS f
-JOIN generations g ON g.job_id = f.id
+) AS fg
+JOIN finished_jobs f ON f.id = fg.id
+JOIN generations g ON g.job_id = fg.id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
 ORDER BY f.created_at DESC, f.id DESC
 LIMIT $4;
@@ -96,15 +105,16 @@ LIMIT $4;
 -- Like generation_list, only generations whose job waits ($1 false: pending) or runs ($1 true:
 -- processing). There are few of those (at most about MAX_PENDING_JOBS, and the workers'
 -- slots): they are read from job_queue, then sorted.
--- $1 running, $2 cursor created_at, $3 cursor id, $4 limit, $5 generation kinds (text[])
+-- $1 running, $2 cursor created_at, $3 cursor id, $4 limit, $5 viewer key id,
+-- $6 generation kinds (text[])
 SELECT g.job_id AS id, CASE WHEN q.worker_id IS NULL THEN 'pending' ELSE 'processing' END AS status,
        g.num_images, g.animal, q.error, q.attempts, q.created_at, q.updated_at, q.started_at,
        NULL::timestamptz AS finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM job_queue q JOIN generations g ON g.job_id = q.id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
-WHERE q.kind = ANY($5::text[]) AND (q.worker_id IS NOT NULL) = $1
-  AND (q.created_at, q.id) < ($2, $3)
+WHERE q.kind = ANY($6::text[]) AND (q.worker_id IS NOT NULL) = $1
+  AND (q.created_at, q.id) < ($2, $3) AND ($5::bigint IS NULL OR g.owner_key = $5)
 ORDER BY q.created_at DESC, q.id DESC
 LIMIT $4;
 
@@ -117,6 +127,6 @@ DELETE FROM generations WHERE job_id = ANY($1::uuid[]);
 -- name: generation_cancel
 -- Cancels a generation's job if it waits or runs (see the job_cancel function): the status
 -- it had, or NULL when the generation is unknown or already finished. Only generations: an id
--- of another kind of job is unknown here.
--- $1 job id
-SELECT job_cancel(job_id) FROM generations WHERE job_id = $1;
+-- of another kind of job is unknown here, and so is one key $2 does not own (unless $2 is NULL).
+-- $1 job id, $2 viewer key id
+SELECT job_cancel(job_id) FROM generations WHERE job_id = $1 AND ($2::bigint IS NULL OR owner_key = $2);

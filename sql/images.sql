@@ -26,6 +26,9 @@ WITH owned AS (
 SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 
 -- name: image_get
--- One stored image, with its type.
--- $1 job_id, $2 idx
-SELECT png, sha256, content_type FROM images WHERE job_id = $1 AND idx = $2;
+-- One stored image with its type, of a generation key $3 owns, or of any when $3 is NULL (an
+-- admin key, AUTH=none, or a signed URL).
+-- $1 job_id, $2 idx, $3 viewer key id
+SELECT i.png, i.sha256, i.content_type
+FROM images i JOIN generations g ON g.job_id = i.job_id
+WHERE i.job_id = $1 AND i.idx = $2 AND ($3::bigint IS NULL OR g.owner_key = $3);

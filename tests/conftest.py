@@ -109,6 +109,7 @@ def settings(database_url: str) -> Settings:
         image_provider_delay=0,
         image_size=64,
         public_base_url="http://menagerie.test",
+        auth="none",  # tests about keys (tests/test_keys.py) turn them on
     )
 
 
@@ -173,7 +174,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start project processes (`spawn("server.py", env={...})`, `spawn("-m", "app", "run")`);
     all are stopped (SIGTERM, then SIGKILL) when the test ends. Request it after any database
     fixture the processes use, so they stop before their database is dropped. They run in an empty folder,
-    so no developer's `.env` or menagerie variables leak in."""
+    so no developer's `.env` or menagerie variables leak in; AUTH=none unless `env` says otherwise."""
     started: list[subprocess.Popen[bytes]] = []
     ours = {name.upper() for name in Settings.model_fields}
     inherited = {key: value for key, value in os.environ.items() if key not in ours}
@@ -183,7 +184,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         process = subprocess.Popen(
             [sys.executable, *argv],
             cwd=tmp_path,
-            env={**inherited, "PYTHONUNBUFFERED": "1", **env},
+            env={**inherited, "PYTHONUNBUFFERED": "1", "AUTH": "none", **env},
             **popen,
         )
         started.append(process)

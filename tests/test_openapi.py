@@ -6,11 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from app.api import create_app
-from tests.support import free_port, wait_ready
+from tests.support import api_client, free_port, wait_ready
+
+
+@pytest.fixture
+async def keyed_client(settings):
+    async with api_client(settings.model_copy(update={"auth": "keys"})) as http:
+        yield http
+
 
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/swagger-init.js", "/redoc"}
 
@@ -30,7 +39,7 @@ async def test_the_document_is_valid_openapi_3_1_and_documents_every_route(clien
     assert documented == app_routes
 
 
-NO_EXAMPLE = {"Idempotency-Key", "Prefer", "If-None-Match", "Last-Event-ID", "cursor"}
+NO_EXAMPLE = {"Idempotency-Key", "Prefer", "If-None-Match", "Last-Event-ID", "cursor", "expires", "sig"}
 """Parameters Swagger UI's "Try it out" must not fill in: each changes what the request does
 (a sample key replays an old job, a sample cursor lists nothing); their descriptions say
 what goes there."""
@@ -83,27 +92,9 @@ async def test_the_docs_page_works_with_no_internet(client):
             assert response.status_code == 200 and len(response.content) > 50, asset
 
 
-async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
-    database_url, spawn, tmp_path: Path
-):
-    """Schemathesis, run against a real server and worker, generates requests for every
-    operation: none gets a 5xx, and every response matches the documented schema, status,
-    content type and headers. (Positive-data acceptance is left out: a cursor or an
-    Idempotency-Key reused with another body is rejected by design, which no schema can say.)"""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "DATABASE_URL": database_url,
-        "AUTO_MIGRATE": "false",
-        "PORT": str(port),
-        "IMAGE_PROVIDER_DELAY": "0",
-        "IMAGE_SIZE": "64",
-    }
-    server = spawn("server.py", env=env)
-    spawn("worker.py", env=env)
-    await wait_ready(base, server)
+def schemathesis(base: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     st = Path(sys.executable).parent / "st"
-    result = subprocess.run(
+    return subprocess.run(
         [
             str(st),
             "run",
@@ -119,10 +110,103 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
             "--request-timeout",
             "15",
             "--no-color",
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
+    database_url, spawn, tmp_path: Path
+):
+    """Schemathesis, run against a real server (AUTH=keys) and worker, generates requests for
+    every operation: with a valid key none gets a 5xx, and every response matches the
+    documented schema, status, content type and headers; without a key every keyed operation
+    answers 401, and nothing else is off the schema either. (Positive-data acceptance is left
+    out: a cursor or an Idempotency-Key reused with another body is rejected by design, which
+    no schema can say.)"""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "DATABASE_URL": database_url,
+        "AUTO_MIGRATE": "false",
+        "PORT": str(port),
+        "IMAGE_PROVIDER_DELAY": "0",
+        "IMAGE_SIZE": "64",
+        "AUTH": "keys",
+    }
+    made = spawn(
+        "-m",
+        "app",
+        "keys",
+        "create",
+        "st",
+        "--rate",
+        "100000/s",
+        "--burst",
+        "100000",
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    key = made.communicate(timeout=60)[0].decode().strip()
+    server = spawn("server.py", env=env)
+    spawn("worker.py", env=env)
+    await wait_ready(base, server)
+    keyed = schemathesis(base, tmp_path, "--header", f"Authorization: Bearer {key}")
+    assert keyed.returncode == 0, keyed.stdout[-6000:] + keyed.stderr[-2000:]
+    anonymous = schemathesis(base, tmp_path)
+    assert anonymous.returncode == 0, anonymous.stdout[-6000:] + anonymous.stderr[-2000:]
+    async with httpx.AsyncClient(base_url=base) as http:
+        document = (await http.get("/openapi.json")).json()
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if operation.get("security") == []:
+                    continue
+                url = path.format(job_id="6f1c0d0e-3b0a-4c5e-9a43-1d2b8f0c7a11", name="0.png")
+                response = await http.request(method, url, json={"numImages": 1})
+                assert response.status_code == 401, (method, path, response.status_code)
+
+
+async def test_the_keyed_document_declares_the_bearer_scheme_and_its_answers(keyed_client):
+    """With AUTH=keys the document declares the bearer scheme (Swagger UI's Authorize button),
+    required by every operation but health, readiness and metrics; every keyed operation
+    documents its 401 and 429 answers, and every operation on one job its 404."""
+    document = (await keyed_client.get("/openapi.json")).json()
+    validate(document)
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    assert document["security"] == [{"bearer": []}]
+    public = {
+        path for path, item in document["paths"].items() for op in item.values() if op.get("security") == []
+    }
+    assert public == {"/healthz", "/readyz", "/metrics"}
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if path in public:
+                continue
+            assert operation.get("security", document["security"]) in (
+                [{"bearer": []}],
+                [{"bearer": []}, {}],
+            )
+            assert {"401", "429"} <= set(operation["responses"]), path
+            if "{job_id}" in path:
+                assert "404" in operation["responses"], path
+            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+            assert {"RateLimit", "RateLimit-Policy", "Retry-After"} <= set(
+                operation["responses"]["429"]["headers"]
+            )
+
+
+async def test_the_docs_page_has_a_content_security_policy_for_this_service_alone(client):
+    """/docs is served with a Content-Security-Policy allowing only this service's own
+    scripts, styles and requests; the assets it loads are all this service's."""
+    policy = (await client.get("/docs")).headers["content-security-policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"

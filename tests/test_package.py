@@ -87,6 +87,7 @@ async def test_the_installed_wheel_runs_the_service_from_an_empty_folder(
         "IMAGE_SIZE": "64",
         "WORKER_POLL_INTERVAL": "3600",
         "AUTO_MIGRATE": "false",
+        "AUTH": "none",
     }
     migrated = run(installed, "menagerie", "migrate", cwd=tmp_path, env=env)
     assert migrated.returncode == 0 and "applied" in migrated.stdout, migrated.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import signal
 import subprocess
@@ -102,3 +103,57 @@ async def test_the_run_command_serves_on_an_embedded_postgres_and_stops_it_on_ct
     runner.send_signal(signal.SIGINT)
     assert runner.wait(30) == 0
     assert not postmaster.exists(), "the embedded PostgreSQL is still running"
+
+
+def read_until(process: subprocess.Popen[bytes], prefix: str) -> list[str]:
+    """Lines of the process's stderr up to the first that starts with `prefix` (or its end)."""
+    lines: list[str] = []
+    assert process.stderr is not None
+    for raw in process.stderr:
+        lines.append(raw.decode().rstrip("\n"))
+        if lines[-1].startswith(prefix):
+            break
+    return lines
+
+
+async def test_the_run_command_makes_the_dev_admin_key_once_and_prints_it_at_each_start(
+    database_url, spawn, tmp_path
+):
+    """With AUTH=keys, `python -m app run` makes an admin key `dev` at its first start, keeps it
+    in DATA_DIR (mode 0600) and prints a ready `export MENAGERIE_KEY=…` line; the key works
+    (and sees every job); the next start prints the same key without making another."""
+    data_dir = tmp_path / "data"
+    printed = []
+    for _ in range(2):
+        port = free_port()
+        env = {
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(data_dir),
+            "PORT": str(port),
+            "AUTH": "keys",
+        }
+        runner = spawn("-m", "app", "run", env=env, stderr=subprocess.PIPE)
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base, runner)
+        kept = data_dir / "dev-key"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            answer = await http.get(
+                "/generations", headers={"Authorization": f"Bearer {kept.read_text().strip()}"}
+            )
+            assert answer.status_code == 200
+            assert (await http.get("/generations")).status_code == 401
+        lines = await asyncio.to_thread(read_until, runner, "export MENAGERIE_KEY=")
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=30)
+        exports = [line for line in lines if line.startswith("export MENAGERIE_KEY=")]
+        assert len(exports) == 1, lines[-20:]
+        printed.append(exports[0].removeprefix("export MENAGERIE_KEY="))
+    assert printed[0] == printed[1] and printed[0].startswith("mng_")
+    assert kept.read_text().strip() == printed[0]
+    assert kept.stat().st_mode & 0o777 == 0o600
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT name, admin FROM keys")
+    finally:
+        await conn.close()
+    assert [(row["name"], row["admin"]) for row in rows] == [("dev", True)]

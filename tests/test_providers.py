@@ -37,6 +37,7 @@ def configured(database_url: str, fake: FakeModels, provider: str = "openai", **
     values: dict[str, Any] = {
         "database_url": database_url,
         "public_base_url": "http://menagerie.test",
+        "auth": "none",
         "image_provider": provider,
         "image_model": "gpt-image-1" if provider == "openai" else "google/gemini-2.5-flash-image",
         "openai_api_key": KEY,
@@ -203,6 +204,27 @@ async def test_a_429_with_retry_after_is_retried_no_sooner_than_it_says(
     assert second.at - first.at >= 2.0
     assert sample(metrics, "menagerie_provider_retry_after_total", provider="openai") == 1
     assert sample(metrics, "menagerie_provider_calls_total", outcome="transient") == 1
+
+
+async def test_a_retry_after_longer_than_retry_max_delay_is_capped(database_url, pool, start_worker, fake):
+    """A provider asking for an hour waits RETRY_MAX_DELAY at most: the job is due again
+    within it and completes."""
+    settings = configured(database_url, fake, retry_max_delay=1)
+    fake.script(Reply(503, {"error": {"message": "overloaded"}}, headers={"Retry-After": "3600"}))
+    async with service(settings, pool, start_worker) as (http, _):
+        created = await http.post("/generations", json={"numImages": 1})
+        job_id = UUID(created.json()["jobId"])
+
+        async def retrying() -> bool:
+            return bool(await pool.fetchval("SELECT error IS NOT NULL FROM jobs WHERE id = $1", job_id))
+
+        await wait_for(retrying)
+        wait = await pool.fetchval(
+            "SELECT extract(epoch FROM run_at - updated_at) FROM jobs WHERE id = $1", job_id
+        )
+        job = await wait_until_terminal(http, created.headers["location"])
+    assert wait is None or float(wait) <= 1.0 + 0.01
+    assert (job["status"], job["attempts"]) == ("completed", 2), job
 
 
 def test_retry_after_is_read_as_seconds_or_as_an_http_date():
@@ -432,6 +454,7 @@ async def test_a_job_keeps_the_provider_and_model_it_was_created_with(database_u
         openai_job = (await http.post("/generations", json={"numImages": 1})).json()
     local = Settings(
         _env_file=None,
+        auth="none",
         database_url=database_url,
         public_base_url="http://menagerie.test",
         image_provider_delay=0,

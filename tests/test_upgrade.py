@@ -20,13 +20,14 @@ BEFORE_GENERAL_QUEUE = "0005.status-index-for-finished-jobs"
 
 
 def apply(url: str, *, up_to: str | None = None, rollback: str | None = None) -> None:
+    """Apply migrations (up to `up_to`), or roll back `rollback` and every later one."""
     backend = get_backend(migrate.yoyo_url(url))
     migrations = read_migrations(str(migrate.MIGRATIONS_DIR))
     try:
         with backend.lock():
             if rollback is not None:
                 backend.rollback_migrations(
-                    backend.to_rollback(migrations.filter(lambda m: m.id == rollback))
+                    backend.to_rollback(migrations.filter(lambda m: m.id >= rollback))
                 )
                 return
             wanted = migrations if up_to is None else migrations.filter(lambda m: m.id <= up_to)
@@ -89,7 +90,9 @@ async def test_a_database_with_jobs_upgrades_in_place(empty_database_url, start_
         }
 
         apply(url)
-        settings = Settings(_env_file=None, database_url=url, public_base_url="http://menagerie.test")
+        settings = Settings(
+            _env_file=None, database_url=url, public_base_url="http://menagerie.test", auth="none"
+        )
         async with api_client(settings) as http:
             for job_id, row in old.items():
                 if row["status"] not in ("completed", "failed", "canceled"):

@@ -20,12 +20,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app import db
-from app.api import backlog, cursors, docs, idempotency, openapi, problems, streams, swagger
+from app import db, keys
+from app.api import auth, backlog, cursors, docs, headers, idempotency, openapi, problems, streams, swagger
+from app.api.auth import AuthMiddleware
+from app.api.headers import SecurityHeadersMiddleware
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.api.models import (
     MAX_BODY_BYTES,
@@ -33,6 +36,7 @@ from app.api.models import (
     MAX_WAIT_SECONDS,
     GenerationRequest,
     ListQuery,
+    Signer,
     job_json,
     jobs_json,
 )
@@ -61,6 +65,7 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
+    auth: auth.Auth | None
 
 
 # Requests
@@ -100,17 +105,14 @@ def parse_job_id(request: Request) -> UUID:
 
 
 def header(request: Request, name: bytes) -> str | None:
-    """One request header (lower-case `name`), repeated ones joined with ", " (RFC 9110 5.3).
-    Read from a dict made once per request: Starlette's Headers scans the whole list at every
-    lookup, and a job's GET reads three."""
-    scope = request.scope
-    found: dict[bytes, bytes] | None = scope.get("menagerie.headers")
-    if found is None:
-        found = scope["menagerie.headers"] = {}
-        for key, value in scope["headers"]:
-            found[key] = found[key] + b", " + value if key in found else value
-    value = found.get(name)
-    return None if value is None else value.decode("latin-1")
+    """One request header (lower-case `name`); see headers.header."""
+    return headers.header(request.scope, name)
+
+
+async def image_signer(request: Request) -> Signer | None:
+    """Signs the image URLs of this request's answer (AUTH=keys); None with AUTH=none."""
+    found: auth.Auth | None = request.state.auth
+    return None if found is None else await found.images.signer()
 
 
 def base_url(request: Request) -> str:
@@ -124,15 +126,20 @@ def base_url(request: Request) -> str:
 
 
 def job_response(
-    request: Request, job: Generation, *, status_code: int = 200, headers: dict[str, str] | None = None
+    request: Request,
+    job: Generation,
+    *,
+    signer: Signer | None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """The job as JSON with a strong ETag of its bytes; 304 when If-None-Match has it."""
-    body = job_json(job, base_url=base_url(request))
+    body = job_json(job, base_url=base_url(request), signer=signer)
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
-    headers = {**(headers or {}), "ETag": etag}
+    answer_headers = {**(headers or {}), "ETag": etag}
     if status_code == 200 and etag_matches(header(request, b"if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+        return Response(status_code=304, headers=answer_headers)
+    return Response(body, status_code=status_code, headers=answer_headers, media_type="application/json")
 
 
 def requested_wait(request: Request) -> int | None:
@@ -166,15 +173,17 @@ async def create_generation(request: Request) -> Response:
     key = header(request, b"idempotency-key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise Problem(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    owner = auth.caller(request.scope)
     fingerprint, replay = "", None
     if key is not None:
         fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
-        replay = await known_job(state.pool, key=key, fingerprint=fingerprint)
+        replay = await known_job(state.pool, key=key, fingerprint=fingerprint, owner=owner)
     animal = wanted.animal or random.choice(ANIMALS)
     spec = GenerationSpec(
         num_images=wanted.num_images,
         animal=animal,
         max_attempts=settings.job_max_attempts,
+        owner=None if owner is None else owner.id,
         prompt=settings.prompt(animal),
         provider=settings.image_provider,
         model=settings.image_model,
@@ -183,9 +192,19 @@ async def create_generation(request: Request) -> Response:
     if replay is not None:
         job = replay
     else:
+        if owner is not None and owner.max_pending is not None:
+            await check_pending(state.pool, owner)
         job, replayed = await create(state, spec, key=key, fingerprint=fingerprint)
     if not replayed:
-        log.info("created job %s", job.id, extra={"action": "job_created", "job_id": str(job.id)})
+        log.info(
+            "created job %s",
+            job.id,
+            extra={
+                "action": "job_created",
+                "job_id": str(job.id),
+                "key": None if owner is None else owner.prefix,
+            },
+        )
     headers = {"Location": f"/generations/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -193,7 +212,14 @@ async def create_generation(request: Request) -> Response:
     if wait is not None:
         job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
         headers["Preference-Applied"] = f"wait={wait}"
-    return job_response(request, job, status_code=202, headers=headers)
+    return job_response(request, job, signer=await image_signer(request), status_code=202, headers=headers)
+
+
+async def check_pending(pool: asyncpg.Pool, key: keys.Key) -> None:
+    """A 429 when the key already has its --max-pending generations waiting."""
+    assert key.max_pending is not None
+    if await keys.pending_count(pool, key_id=key.id, cap=key.max_pending) >= key.max_pending:
+        raise problems.too_many_pending(key.max_pending)
 
 
 async def create(
@@ -219,10 +245,15 @@ async def create(
         raise problems.queue_full(state.backlog.limit) from None
 
 
-async def known_job(pool: asyncpg.Pool, *, key: str, fingerprint: str) -> Generation | None:
-    """The job an Idempotency-Key already made (a replay needs no room in the queue)."""
+async def known_job(
+    pool: asyncpg.Pool, *, key: str, fingerprint: str, owner: keys.Key | None
+) -> Generation | None:
+    """The job an Idempotency-Key of this API key already made (a replay needs no room in the
+    queue)."""
     try:
-        return await idempotency.replay(pool, key=key, fingerprint=fingerprint)
+        return await idempotency.replay(
+            pool, key=key, fingerprint=fingerprint, owner=None if owner is None else owner.id
+        )
     except idempotency.IdempotencyConflict:
         raise problems.key_reused() from None
 
@@ -232,15 +263,18 @@ async def get_generation(request: Request) -> Response:
     state = request.state
     job_id = parse_job_id(request)
     wait = requested_wait(request)
+    viewer = auth.viewer(request.scope)
     headers = {}
     if wait is None:
-        job = await generations.get(state.pool, job_id=job_id)
+        job = await generations.get(state.pool, job_id=job_id, viewer=viewer)
     else:
-        job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job_id, timeout=wait)
+        job = await streams.wait_until_terminal(
+            state.pool, state.watch, job_id=job_id, timeout=wait, viewer=viewer
+        )
         headers["Preference-Applied"] = f"wait={wait}"
     if job is None:
         raise problems.no_such_job()
-    return job_response(request, job, headers=headers)
+    return job_response(request, job, signer=await image_signer(request), headers=headers)
 
 
 @documented(docs.JOB_EVENTS)
@@ -255,6 +289,8 @@ async def job_events(request: Request) -> Response:
         last_event_id=header(request, b"last-event-id"),
         base_url=base_url(request),
         heartbeat=state.settings.sse_heartbeat,
+        viewer=auth.viewer(request.scope),
+        signer=await image_signer(request),
     )
     first = await anext(body, None)  # the job's first read, under its watch
     if first is None:
@@ -274,7 +310,11 @@ async def list_generations(request: Request) -> Response:
         raise validation_problem(exc, where="query") from None
     after = decode_cursor(query.cursor) if query.cursor else None
     page = await generations.list_page(
-        request.state.pool, status=query.status, after=after, limit=query.limit + 1
+        request.state.pool,
+        status=query.status,
+        after=after,
+        limit=query.limit + 1,
+        viewer=auth.viewer(request.scope),
     )
     headers = {}
     root = base_url(request)
@@ -283,7 +323,8 @@ async def list_generations(request: Request) -> Response:
         last = page[-1]
         next_query = request.url.include_query_params(cursor=cursors.encode(last.created_at, last.id)).query
         headers["Link"] = f'<{root}/generations?{next_query}>; rel="next"'
-    return Response(jobs_json(page, base_url=root), headers=headers, media_type="application/json")
+    body = jobs_json(page, base_url=root, signer=await image_signer(request))
+    return Response(body, headers=headers, media_type="application/json")
 
 
 @documented(docs.GET_IMAGE)
@@ -294,13 +335,24 @@ async def get_image(request: Request) -> Response:
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
     if not canonical:
         raise problems.no_such_image()
-    found = await stores.get(request.state.pool, job_id=job_id, index=int(stem))
+    keyed: auth.Auth | None = request.state.auth
+    viewer = auth.viewer(request.scope)
+    if keyed is not None and auth.caller(request.scope) is None:  # no key: a signed URL
+        query = request.query_params
+        signed = await keyed.images.valid(
+            request.url.path, expires=query.get("expires"), signature=query.get("sig")
+        )
+        if not signed:
+            raise problems.no_such_image()
+    found = await stores.get(request.state.pool, job_id=job_id, index=int(stem), viewer=viewer)
     if found is None:
         raise problems.no_such_image()
     if extension != stores.EXTENSIONS[found.content_type]:
         raise problems.no_such_image()
     etag = f'"{found.sha256}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    # With keys an image is one client's: a shared cache must not keep it.
+    visibility = "public" if keyed is None else "private"
+    headers = {"ETag": etag, "Cache-Control": f"{visibility}, max-age=31536000, immutable"}
     if etag_matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(found.data, headers=headers, media_type=found.content_type)
@@ -319,15 +371,16 @@ async def cancel_generation(request: Request) -> Response:
     """Cancel a pending or processing job; repeating it is harmless; a finished job is 409."""
     pool = request.state.pool
     job_id = parse_job_id(request)
-    canceled = await generations.cancel(pool, job_id=job_id)
-    job = await generations.get(pool, job_id=job_id)
+    viewer = auth.viewer(request.scope)
+    canceled = await generations.cancel(pool, job_id=job_id, viewer=viewer)
+    job = await generations.get(pool, job_id=job_id, viewer=viewer)
     if job is None:
         raise problems.no_such_job()
     if canceled:
         log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
     elif job.status in (Status.COMPLETED, Status.FAILED):
         raise problems.job_finished(job.status.value)
-    return job_response(request, job)
+    return job_response(request, job, signer=await image_signer(request))
 
 
 @documented(docs.LIST_ANIMALS)
@@ -400,6 +453,15 @@ def create_app(settings: Settings) -> Starlette:
                 ),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
+                "auth": None
+                if settings.auth == "none"
+                else auth.Auth(
+                    pool,
+                    image_url_ttl=settings.image_url_ttl,
+                    image_url_secret=None
+                    if settings.image_url_secret is None
+                    else settings.image_url_secret.get_secret_value().encode(),
+                ),
             }
         finally:
             listening.cancel()
@@ -423,7 +485,13 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware), Middleware(HttpMetricsMiddleware, metrics=metrics)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(HttpMetricsMiddleware, metrics=metrics),
+            Middleware(SecurityHeadersMiddleware),
+            *cors(settings),
+            Middleware(AuthMiddleware),
+        ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
@@ -434,9 +502,26 @@ def create_app(settings: Settings) -> Starlette:
             version=version("menagerie"),
             description=API_DESCRIPTION,
             max_images=settings.max_images_per_job,
+            keyed=settings.auth == "keys",
         )
     ).body
     return app
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """Starlette's CORS middleware for CORS_ORIGINS (none: no cross-origin page may call)."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
+            expose_headers=["Location", "ETag", "Link", "Retry-After", "RateLimit", "RateLimit-Policy"],
+            max_age=600,
+        )
+    ]
 
 
 API_DESCRIPTION = (

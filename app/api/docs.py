@@ -110,6 +110,14 @@ CREATE_GENERATION = Operation(
                 "/problems/idempotency-key-reused": "this Idempotency-Key was already used with a different body",
             },
         ),
+        429: Reply(
+            "The key already has its limit of pending jobs (`keys create --max-pending`)",
+            problems={
+                "/problems/too-many-pending": "this key already has 5 pending jobs, its limit; try again "
+                "when some have started"
+            },
+            headers={"Retry-After": RETRY_AFTER},
+        ),
         503: Reply(
             "Too much work is queued (MAX_PENDING_JOBS), or the database is unavailable",
             problems={
@@ -256,7 +264,10 @@ GET_IMAGE = Operation(
     description=(
         "An image listed in a job's `imageUrls`, as the provider made it: PNG, JPEG or WebP, served "
         "with its type, at a URL whose extension follows the type (`.png`, `.jpg`, `.webp`; "
-        "another extension is a 404). Immutable: cache it forever."
+        "another extension is a 404). Immutable: cache it forever. With API keys, "
+        "the URLs in `imageUrls` are signed (`expires`, `sig`) so that a browser's `<img>` "
+        "needs no key; without a signature the job's key (or an admin key) is needed. An "
+        "expired or altered signature is a 404. Served `Cache-Control: private` with keys."
     ),
     params=(
         JOB_ID,
@@ -268,7 +279,15 @@ GET_IMAGE = Operation(
             "0.png",
         ),
         IF_NONE_MATCH,
+        Param(
+            "expires",
+            "query",
+            "From a signed URL in `imageUrls`: when it expires (Unix time)",
+            {"type": "string"},
+        ),
+        Param("sig", "query", "From a signed URL in `imageUrls`: its signature", {"type": "string"}),
     ),
+    signed=True,
     replies={
         200: Reply(
             "The image",
@@ -281,7 +300,9 @@ GET_IMAGE = Operation(
                     "sha256 of the image",
                     '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
                 ),
-                "Cache-Control": Header("Immutable", "public, max-age=31536000, immutable"),
+                "Cache-Control": Header(
+                    "Immutable; private with API keys", "private, max-age=31536000, immutable"
+                ),
             },
         ),
         304: Reply("Not modified", headers={"ETag": Header("sha256 of the PNG", '"9f86…"')}),
@@ -310,6 +331,7 @@ STATUS_SCHEMA = {
 }
 
 HEALTHZ = Operation(
+    public=True,
     summary="Liveness",
     tag="operations",
     description="The process is up (it does not touch the database).",
@@ -317,6 +339,7 @@ HEALTHZ = Operation(
 )
 
 READYZ = Operation(
+    public=True,
     summary="Readiness",
     tag="operations",
     description="The database answers and its schema is migrated.",
@@ -331,6 +354,7 @@ READYZ = Operation(
 )
 
 METRICS = Operation(
+    public=True,
     summary="Prometheus metrics",
     tag="operations",
     description=(

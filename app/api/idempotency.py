@@ -34,10 +34,15 @@ async def create_once(
             try:
                 async with db.transaction(conn):
                     [job] = await generations.create_many(conn, [request])
-                    if await conn.fetchval(queries.idempotency_claim, key, fingerprint, job.id, ttl) is None:
+                    if (
+                        await conn.fetchval(
+                            queries.idempotency_claim, key, fingerprint, job.id, ttl, request.owner or 0
+                        )
+                        is None
+                    ):
                         raise _LostRace
             except _LostRace:
-                existing = await replay(conn, key=key, fingerprint=fingerprint)
+                existing = await replay(conn, key=key, fingerprint=fingerprint, owner=request.owner)
                 if existing is not None:
                     return existing, True
                 continue  # the winner's key expired or its job was deleted meanwhile
@@ -45,10 +50,11 @@ async def create_once(
 
 
 @db.translated
-async def replay(conn: db.Executor, *, key: str, fingerprint: str) -> Generation | None:
-    """The job a live Idempotency-Key made, None if the key is unknown or expired;
-    IdempotencyConflict if it was used with another body."""
-    existing = await conn.fetchrow(queries.idempotency_get, key)
+async def replay(conn: db.Executor, *, key: str, fingerprint: str, owner: int | None) -> Generation | None:
+    """The job a live Idempotency-Key sent with API key `owner` made, None if the key is
+    unknown or expired; IdempotencyConflict if it was used with another body. Each API key
+    has its own Idempotency-Keys."""
+    existing = await conn.fetchrow(queries.idempotency_get, key, owner or 0)
     if existing is None:
         return None
     if existing["fingerprint"] != fingerprint:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -123,21 +123,30 @@ class JobOut(BaseModel):
     )
 
 
-def job_json(job: Generation, *, base_url: str) -> bytes:
+Signer = Callable[[str], str]
+"""The query string (`?expires=…&sig=…`) that lets a browser GET an image path without a key."""
+
+
+def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) -> bytes:
     """The job as JobOut's JSON, written directly rather than through the model: this is the
     GET, POST and event-stream hot path, where building a JobOut (pydantic's model_construct)
     cost as much as the rest of the request. tests/test_api.py holds it to JobOut's schema for
-    every status."""
+    every status. With a `signer`, image URLs carry its signature."""
+    paths = [
+        f"/images/{job.id}/{index}.{EXTENSIONS[content_type]}"
+        for index, content_type in zip(job.image_indexes, job.image_types, strict=True)
+    ]
+    if signer is None:
+        image_urls = [f"{base_url}{path}" for path in paths]
+    else:
+        image_urls = [f"{base_url}{path}{signer(path)}" for path in paths]
     return _json.dumps(
         {
             "jobId": str(job.id),
             "status": job.status.value,
             "numImages": job.num_images,
             "animal": job.animal,
-            "imageUrls": [
-                f"{base_url}/images/{job.id}/{index}.{EXTENSIONS[content_type]}"
-                for index, content_type in zip(job.image_indexes, job.image_types, strict=True)
-            ],
+            "imageUrls": image_urls,
             "createdAt": job.created_at.isoformat(),
             "updatedAt": job.updated_at.isoformat(),
             "error": job.error,
@@ -153,9 +162,9 @@ def job_json(job: Generation, *, base_url: str) -> bytes:
     ).encode()
 
 
-def jobs_json(jobs: Iterable[Generation], *, base_url: str) -> bytes:
+def jobs_json(jobs: Iterable[Generation], *, base_url: str, signer: Signer | None = None) -> bytes:
     """A JSON array of jobs, each as `job_json` writes it."""
-    return b"[" + b",".join(job_json(job, base_url=base_url) for job in jobs) + b"]"
+    return b"[" + b",".join(job_json(job, base_url=base_url, signer=signer) for job in jobs) + b"]"
 
 
 class ProblemError(BaseModel):

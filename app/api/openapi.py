@@ -67,6 +67,11 @@ class Operation:
     params: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
     body_examples: dict[str, Any] = field(default_factory=dict)
+    public: bool = False
+    """Answers without an API key (health, readiness, metrics)."""
+    signed: bool = False
+    """Answers a signed URL (its `expires` and `sig` query parameters, checked by the endpoint:
+    a wrong one is a 404, not a 401) as well as an API key (images)."""
 
 
 def documented(operation: Operation) -> Callable[[F], F]:
@@ -120,7 +125,55 @@ def _reply(status: int, reply: Reply) -> dict[str, Any]:
     return rendered
 
 
-def _operation(op: Operation, operation_id: str) -> dict[str, Any]:
+KEY_HEADERS = {
+    "RateLimit-Policy": Header("The key's limit: q requests per w seconds", '"key";q=10;w=1'),
+    "RateLimit": Header("What is left of it: r requests, full again in t seconds", '"key";r=0;t=2'),
+}
+UNAUTHORIZED = Reply(
+    "The API key is missing, malformed, unknown or revoked (the same answer for each)",
+    problems={"/problems/unauthorized": "send a valid API key: Authorization: Bearer mng_…"},
+    headers={"WWW-Authenticate": Header("How to authenticate", 'Bearer realm="menagerie"')},
+)
+RATE_LIMITED = Reply(
+    "The key is over its request rate",
+    problems={
+        "/problems/rate-limited": "this key may make 10 requests per second (bursts of 20); retry in 1 s"
+    },
+    headers={
+        "Retry-After": Header("Seconds to wait", "1", {"type": "string", "pattern": "^[0-9]+$"}),
+        **KEY_HEADERS,
+    },
+)
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`mng_…`) made with `menagerie keys create NAME`",
+    },
+}
+
+
+def _keyed(op: Operation) -> Operation:
+    """`op` with the answers every keyed operation may give: 401, and 429 (merged with the
+    operation's own 429, such as too many pending jobs)."""
+    replies = dict(op.replies)
+    replies[401] = UNAUTHORIZED
+    own = replies.get(429)
+    replies[429] = (
+        RATE_LIMITED
+        if own is None
+        else Reply(
+            f"{RATE_LIMITED.description}, or: {own.description}",
+            problems={**RATE_LIMITED.problems, **own.problems},
+            headers={**RATE_LIMITED.headers, **own.headers},
+        )
+    )
+    return Operation(**{**op.__dict__, "replies": replies})
+
+
+def _operation(op: Operation, operation_id: str, *, keyed: bool) -> dict[str, Any]:
+    if keyed and not op.public:
+        op = _keyed(op)
     rendered: dict[str, Any] = {
         "operationId": operation_id,
         "summary": op.summary,
@@ -128,6 +181,10 @@ def _operation(op: Operation, operation_id: str) -> dict[str, Any]:
         "tags": [op.tag],
         "responses": {str(status): _reply(status, reply) for status, reply in sorted(op.replies.items())},
     }
+    if keyed and op.public:
+        rendered["security"] = []
+    if keyed and op.signed:
+        rendered["security"] = [{"bearer": []}, {}]
     if op.params:
         rendered["parameters"] = [
             {
@@ -162,8 +219,16 @@ def _schemas(
 
 
 def build(
-    routes: Iterable[BaseRoute], *, title: str, version: str, description: str, max_images: int
+    routes: Iterable[BaseRoute],
+    *,
+    title: str,
+    version: str,
+    description: str,
+    max_images: int,
+    keyed: bool = False,
 ) -> dict[str, Any]:
+    """The document; `keyed` (AUTH=keys): with the bearer scheme, required by every operation
+    but the public ones, and their 401 and 429 answers."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or route.methods is None:
@@ -172,14 +237,20 @@ def build(
         if op is None:
             continue
         for method in sorted(route.methods - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = _operation(op, route.endpoint.__name__)
+            paths.setdefault(route.path, {})[method.lower()] = _operation(
+                op, route.endpoint.__name__, keyed=keyed
+            )
     schemas = _schemas(
         [(GenerationRequest, "validation"), (JobOut, "serialization"), (ProblemOut, "serialization")]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    if keyed:
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
+        document["security"] = [{"bearer": []}]
+    return document

@@ -26,6 +26,9 @@ TITLES = {
     "/problems/queue-full": "Too much work queued",
     "/problems/idempotency-key-reused": "Idempotency-Key reused",
     "/problems/job-finished": "Job already finished",
+    "/problems/unauthorized": "API key missing or not valid",
+    "/problems/rate-limited": "Too many requests for this key",
+    "/problems/too-many-pending": "Too many pending jobs for this key",
 }
 """Every problem type this service answers besides `about:blank`, with its title."""
 
@@ -79,6 +82,15 @@ def queue_full(limit: int) -> Problem:
         503,
         f"{limit} or more jobs are waiting; try again later",
         type="/problems/queue-full",
+        headers={"Retry-After": "5"},
+    )
+
+
+def too_many_pending(limit: int) -> Problem:
+    return Problem(
+        429,
+        f"this key already has {limit} pending jobs, its limit; try again when some have started",
+        type="/problems/too-many-pending",
         headers={"Retry-After": "5"},
     )
 

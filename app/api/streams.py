@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.api.models import job_json
+from app.api.models import Signer, job_json
 from app.db import JOB_EVENTS_CHANNEL, SERVER_APPLICATION, Listener
 from app.images import generations
 from app.images.generations import Generation
@@ -65,15 +65,16 @@ class JobWatch:
 
 
 async def wait_until_terminal(
-    pool: asyncpg.Pool, watch: JobWatch, *, job_id: UUID, timeout: float
+    pool: asyncpg.Pool, watch: JobWatch, *, job_id: UUID, timeout: float, viewer: int | None = None
 ) -> Generation | None:
-    """The job once it is terminal, or as it is after `timeout` seconds (None if unknown)."""
+    """The job once it is terminal, or as it is after `timeout` seconds (None if unknown, or
+    not key `viewer`'s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with watch.watch(job_id) as changed:
         while True:
             changed.clear()
-            job = await generations.get(pool, job_id=job_id)
+            job = await generations.get(pool, job_id=job_id, viewer=viewer)
             remaining = deadline - loop.time()
             if job is None or job.status in TERMINAL or remaining <= 0:
                 return job
@@ -138,17 +139,20 @@ async def stream(
     last_event_id: str | None,
     base_url: str,
     heartbeat: float,
+    viewer: int | None = None,
+    signer: Signer | None = None,
 ) -> AsyncIterator[str]:
     """Server-Sent Events for one job until it is terminal; comments keep idle streams open.
     The job is read after the watch starts, so no change can fall between the two. Yields
-    nothing at all for an unknown job: the caller answers 404 when the first item is missing."""
+    nothing at all for an unknown job (or one key `viewer` does not own): the caller answers 404
+    when the first item is missing."""
 
     def render(current: Generation) -> str:
-        return job_json(current, base_url=base_url).decode()
+        return job_json(current, base_url=base_url, signer=signer).decode()
 
     seen = Seen.parse(last_event_id)
     with watch.watch(job_id) as changed:
-        current = await generations.get(pool, job_id=job_id)
+        current = await generations.get(pool, job_id=job_id, viewer=viewer)
         if current is None:
             return
         yield "retry: 1000\n\n"
@@ -164,4 +168,4 @@ async def stream(
                 # Read the job anyway: a lost notification delays an event by one heartbeat.
                 yield ": keep-alive\n\n"
             changed.clear()
-            current = await generations.get(pool, job_id=job_id)
+            current = await generations.get(pool, job_id=job_id, viewer=viewer)

@@ -82,12 +82,14 @@ class Generation:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What a client asks for, `num_images` pictures of `animal`, and what the server's
-    settings fix for it: the prompt sent, the provider and the model."""
+    """What a client asks for, `num_images` pictures of `animal`; `owner`: the key asking
+    (keys.id), None without one; and what the server's settings fix for it: the prompt sent,
+    the provider and the model."""
 
     num_images: int
     animal: str
     max_attempts: int
+    owner: int | None = None
     prompt: str | None = None
     provider: str = "local"
     model: str | None = None
@@ -104,6 +106,7 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.animal for request in requests],
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
+        [request.owner for request in requests],
         [kind_for(request.provider) for request in requests],
         [request.prompt for request in requests],
         [request.provider for request in requests],
@@ -141,15 +144,17 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
 
 
 @db.translated
-async def get(conn: Connection, *, job_id: UUID) -> Generation | None:
-    row = await conn.fetchrow(queries.generation_get, job_id)
+async def get(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> Generation | None:
+    """The generation, if key `viewer` owns it (None: whoever owns it)."""
+    row = await conn.fetchrow(queries.generation_get, job_id, viewer)
     return None if row is None else Generation.from_record(row)
 
 
 @db.translated
-async def cancel(conn: Connection, *, job_id: UUID) -> bool:
-    """Cancel the job if it is pending or processing; False when unknown or already finished."""
-    return await conn.fetchval(queries.generation_cancel, job_id) is not None
+async def cancel(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> bool:
+    """Cancel the job if it is pending or processing (and key `viewer` owns it, unless None);
+    False when unknown, another key's, or already finished."""
+    return await conn.fetchval(queries.generation_cancel, job_id, viewer) is not None
 
 
 @db.translated
@@ -174,30 +179,37 @@ FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 
 
 def list_statement(
-    status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+    status: Status | None, after: tuple[datetime, UUID] | None, limit: int, viewer: int | None = None
 ) -> tuple[str, tuple[Any, ...]]:
     """The listing query for `status` (None: every job) and its arguments. Each status has the
     query that reads the right index, even in a generic plan."""
     created_at, job_id = after or FIRST_PAGE
     if status is None:
-        return queries.generation_list, (created_at, job_id, limit)
+        return queries.generation_list, (created_at, job_id, limit, viewer)
     if status is Status.COMPLETED:
-        return queries.generation_list_completed, (created_at, job_id, limit)
+        return queries.generation_list_completed, (created_at, job_id, limit, viewer)
     if status in (Status.PENDING, Status.PROCESSING):
         return queries.generation_list_waiting, (
             status is Status.PROCESSING,
             created_at,
             job_id,
             limit,
+            viewer,
             KINDS,
         )
-    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, KINDS)
+    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, viewer, KINDS)
 
 
 @db.translated
 async def list_page(
-    conn: Connection, *, status: Status | None, after: tuple[datetime, UUID] | None, limit: int
+    conn: Connection,
+    *,
+    status: Status | None,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+    viewer: int | None = None,
 ) -> list[Generation]:
-    """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
-    query, args = list_statement(status, after, limit)
+    """Newest first; `after` is the (created_at, id) of the last job of the previous page.
+    Only the generations key `viewer` owns (None: every one)."""
+    query, args = list_statement(status, after, limit, viewer)
     return [Generation.from_record(row) for row in await conn.fetch(query, *args)]

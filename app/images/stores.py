@@ -55,7 +55,8 @@ async def store(
 
 
 @db.translated
-async def get(conn: db.Executor, *, job_id: UUID, index: int) -> Stored | None:
-    """The image, its sha256 and its type, or None."""
-    row = await conn.fetchrow(queries.image_get, job_id, index)
+async def get(conn: db.Executor, *, job_id: UUID, index: int, viewer: int | None = None) -> Stored | None:
+    """The image, its sha256 and its type, or None (also when key `viewer` does not own the
+    job; None: whoever owns it)."""
+    row = await conn.fetchrow(queries.image_get, job_id, index, viewer)
     return None if row is None else Stored(row["png"], row["sha256"], row["content_type"])

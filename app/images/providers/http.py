@@ -92,8 +92,8 @@ class HttpProvider:
         if not response.is_success:
             raise self._refusal(response.status_code, answer, raw, response.headers)
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-            code = answer["error"].get("code")
-            status = code if isinstance(code, int) else 500
+            code = str(answer["error"].get("code"))
+            status = int(code) if code.isdigit() else 500
             raise self._refusal(status, answer, raw, response.headers)
         if answer is None:
             raise ProviderError(f"{self.name} answered {response.status_code} with no JSON", transient=True)

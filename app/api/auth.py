@@ -1,0 +1,305 @@
+"""API keys on requests (AUTH=keys): who is calling, how fast they may go, and the signed
+image URLs that let a browser's <img> fetch images without a key.
+
+Every request but the public ones (health, readiness, metrics, the OpenAPI document and its
+docs page) must send `Authorization: Bearer <key>`. A missing, malformed, unknown or revoked
+key gets the same 401, by the same path: the key's HMAC is looked up, in this process's
+cache for at most KEY_CACHE_SECONDS (so a revoked key stops working everywhere within that),
+then in the database. A key's requests take tokens from its bucket, shared by every server
+process through the database; see Limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import db, keys
+from app.api.headers import header
+from app.api.problems import Problem, problem_response
+from app.keys import Key
+
+log = logging.getLogger(__name__)
+
+KEY_CACHE_SECONDS = 2.0
+"""How long a process trusts a key it looked up: a revoked key works at most this long."""
+BATCH_SECONDS = 0.05
+"""A process takes the tokens of this much of a key's rate from the shared bucket at once."""
+HOLD_SECONDS = 1.0
+"""Tokens a process took but did not use within this long are dropped (never used late)."""
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+
+KEY_ATTRIBUTE = "menagerie.key"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/docs/")
+
+
+def caller(scope: Scope) -> Key | None:
+    """The key of this request; None with AUTH=none, on public paths and for signed URLs."""
+    key: Key | None = scope.get(KEY_ATTRIBUTE)
+    return key
+
+
+def viewer(scope: Scope) -> int | None:
+    """Whose jobs this request may see: a key's own (its id), or all (None: an admin key, or
+    AUTH=none). A signed image URL is checked by its signature instead."""
+    key = caller(scope)
+    return None if key is None else key.viewer
+
+
+def unauthorized() -> Problem:
+    """The one answer to a missing, malformed, unknown or revoked key."""
+    return Problem(
+        401,
+        "send a valid API key: Authorization: Bearer mng_…",
+        type="/problems/unauthorized",
+        headers={"WWW-Authenticate": 'Bearer realm="menagerie"'},
+    )
+
+
+class Lazy:
+    """A shared secret read (or made) in the database at its first use, not at start: the
+    server starts while PostgreSQL is down."""
+
+    def __init__(self, pool: asyncpg.Pool, name: str, configured: bytes | None = None) -> None:
+        self._pool = pool
+        self._name = name
+        self.value = configured
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> bytes:
+        if self.value is None:
+            async with self._lock:
+                if self.value is None:
+                    self.value = await keys.server_secret(self._pool, self._name)
+        return self.value
+
+
+class KeyCache:
+    """Keys looked up by hash, remembered for KEY_CACHE_SECONDS."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._secret = Lazy(pool, keys.KEY_HASH_SECRET)
+        self._found: dict[bytes, tuple[Key, float]] = {}
+
+    async def find(self, token: str) -> Key | None:
+        digest = keys.key_hash(await self._secret.get(), token)
+        now = time.monotonic()
+        hit = self._found.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        key = await keys.authenticate(self._pool, digest=digest)
+        if key is None:
+            self._found.pop(digest, None)
+            return None
+        if len(self._found) >= self.MAX_ENTRIES:
+            self._found.clear()
+        self._found[digest] = (key, now + KEY_CACHE_SECONDS)
+        return key
+
+
+@dataclass
+class Verdict:
+    """Whether a request may go on, and the RateLimit headers that say so."""
+
+    allowed: bool
+    headers: list[tuple[bytes, bytes]]
+    retry_after: int = 0
+
+
+@dataclass
+class Held:
+    """Tokens this process took from one key's shared bucket and has not used yet."""
+
+    tokens: int = 0
+    until: float = 0.0
+    left: float = 0.0
+    """Tokens left in the shared bucket at the last take."""
+    denied_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Limiter:
+    """Per-key token buckets, shared by every server process through key_buckets.
+
+    A request uses a token this process holds for the key; when it holds none, it takes a
+    batch from the shared bucket in one UPDATE (the tokens of BATCH_SECONDS of the key's rate,
+    at least one). Tokens are only ever granted by the shared bucket, so all processes
+    together never let a key through faster than its rate plus its burst; a process drops the
+    tokens it has not used within HOLD_SECONDS. The price of batching: a key spread over many
+    processes may be refused while another process still holds a few of its tokens. A refused
+    key is refused locally until its bucket has a token again, without asking the database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._held: dict[int, Held] = {}
+
+    async def take(self, key: Key) -> Verdict:
+        held = self._held.get(key.id)
+        if held is None:
+            held = self._held[key.id] = Held()
+        now = time.monotonic()
+        if held.tokens <= 0 or held.until <= now:
+            if held.denied_until > now:
+                return self._verdict(key, held, allowed=False, now=now)
+            async with held.lock:
+                now = time.monotonic()
+                if held.tokens <= 0 or held.until <= now:
+                    wanted = max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
+                    granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=wanted)
+                    held.tokens, held.until, held.left = granted, now + HOLD_SECONDS, left
+                    if granted == 0:
+                        held.denied_until = now + (1.0 - left) / key.rate
+                        return self._verdict(key, held, allowed=False, now=now)
+        held.tokens -= 1
+        return self._verdict(key, held, allowed=True, now=now)
+
+    @staticmethod
+    def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
+        window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
+        remaining = max(0, held.tokens + math.floor(held.left))
+        reset = math.ceil(max(0.0, key.burst - remaining) / key.rate)
+        headers = [
+            (b"ratelimit-policy", f'"key";q={max(1, round(key.rate * window))};w={window}'.encode()),
+            (b"ratelimit", f'"key";r={remaining};t={reset}'.encode()),
+        ]
+        if allowed:
+            return Verdict(True, headers)
+        retry_after = max(1, math.ceil(held.denied_until - now))
+        return Verdict(False, headers, retry_after)
+
+
+class ImageSigner:
+    """Signs image paths with an expiry, for browsers that cannot send a key. The expiry is
+    rounded up to a multiple of half IMAGE_URL_TTL, so a job's JSON (and its ETag) stays the
+    same between reads: a URL is valid for TTL to 1.5 TTL after it was written."""
+
+    def __init__(self, secret: Lazy, ttl: float) -> None:
+        self._secret = secret
+        self._ttl = ttl
+
+    async def signer(self, now: float | None = None) -> Signing:
+        half = self._ttl / 2
+        moment = time.time() if now is None else now
+        expires = int(math.ceil((moment + self._ttl) / half) * half)
+        return Signing(await self._secret.get(), expires)
+
+    async def valid(self, path: str, *, expires: str | None, signature: str | None) -> bool:
+        """Whether `signature` signs `path` until `expires`, which is still to come."""
+        if not expires or not signature or not expires.isdigit() or int(expires) <= time.time():
+            return False
+        wanted = _signature(await self._secret.get(), path, int(expires))
+        return hmac.compare_digest(wanted, signature.encode("ascii", "replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """Signs paths until one expiry (the Signer that job_json takes)."""
+
+    secret: bytes
+    expires: int
+
+    def __call__(self, path: str) -> str:
+        return f"?expires={self.expires}&sig={_signature(self.secret, path, self.expires).decode()}"
+
+
+def _signature(secret: bytes, path: str, expires: int) -> bytes:
+    digest = hmac.new(secret, f"{expires}:{path}".encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+class Auth:
+    """What AUTH=keys needs in one server process: the key cache, the limiter, the signer."""
+
+    def __init__(self, pool: asyncpg.Pool, *, image_url_ttl: float, image_url_secret: bytes | None) -> None:
+        self.keys = KeyCache(pool)
+        self.limiter = Limiter(pool)
+        self.images = ImageSigner(Lazy(pool, keys.IMAGE_URL_SECRET, image_url_secret), image_url_ttl)
+
+
+def bearer(authorization: str | None) -> str:
+    """The key in `Authorization: Bearer <key>`; "" when there is none (then no key matches)."""
+    if authorization is None:
+        return ""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class AuthMiddleware:
+    """Finds the key of every request that needs one (401 problem otherwise), takes a token
+    from its bucket (429 when there is none), and marks its answers `Cache-Control: private`
+    with the RateLimit headers. Nothing happens with AUTH=none (no Auth in the state)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        auth: Auth | None = scope["state"].get("auth") if scope["type"] == "http" else None
+        if auth is None or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        authorization = header(scope, b"authorization")
+        if (
+            authorization is None
+            and scope["path"].startswith("/images/")
+            and b"sig=" in scope["query_string"]
+        ):
+            await self.app(scope, receive, send)  # a signed URL: the endpoint checks it
+            return
+        token = bearer(authorization)
+        try:
+            key = await auth.keys.find(token)
+            verdict = None if key is None else await auth.limiter.take(key)
+        except db.Unavailable as exc:
+            log.warning("database unavailable: %s", exc, extra={"action": "database_unavailable"})
+            problem = Problem(
+                503, "the database is unavailable; try again shortly", headers={"Retry-After": "1"}
+            )
+            await problem_response(problem)(scope, receive, send)
+            return
+        if key is None or verdict is None:
+            log.info(
+                "refused a request with a missing or unknown key %s",
+                keys.shown(token),
+                extra={"action": "key_refused"},
+            )
+            await problem_response(unauthorized())(scope, receive, send)
+            return
+        if not verdict.allowed:
+            problem = Problem(
+                429,
+                f"this key may make {key.rate:g} requests per second (bursts of {key.burst}); "
+                f"retry in {verdict.retry_after} s",
+                type="/problems/rate-limited",
+                headers={"Retry-After": str(verdict.retry_after), "Cache-Control": "private"},
+            )
+            response = problem_response(problem)
+            response.raw_headers.extend(verdict.headers)
+            await response(scope, receive, send)
+            return
+        scope[KEY_ATTRIBUTE] = key
+        extra = verdict.headers
+
+        async def send_private(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), *extra]
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"private"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_private)
