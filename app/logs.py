@@ -11,9 +11,9 @@ import logging
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-EXTRA_FIELDS = ("action", "job_id", "request_id", "worker_id")
+EXTRA_FIELDS = ("action", "job_id", "request_id", "worker_id", "key")
 """The `extra=` fields a line carries, text or JSON. Listed, never "every extra", so that nothing large
-or private (image bytes) reaches the logs by accident."""
+or private (image bytes) reaches the logs by accident. `key` is an API key's prefix, never the key."""
 
 
 class TextFormatter(logging.Formatter):

@@ -35,7 +35,7 @@ async def get_generation(request: Request) -> Response:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
         return Response(status_code=404)
-    row = await request.state.pool.fetchrow(queries.generation_get, job_id)
+    row = await request.state.pool.fetchrow(queries.generation_get, job_id, None)  # no owner filter
     if row is None:
         return Response(status_code=404)
     return Response(json.dumps(dict(row), default=str), media_type="application/json")

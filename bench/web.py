@@ -6,8 +6,9 @@
   alternating, two rounds each; ``vs_bare`` is menagerie's rate over the ceiling's.
 * ``auth``  - the cost of API keys: POST and GET spread over 100 keys (each GETs its own job,
   which has one image, so its URL is signed) with ``AUTH=keys``, against the same requests
-  with ``AUTH=none``, alternating none, keys, none, keys (one round each when quick); per
-  side the median round, and ``keys_vs_none`` for req/s and p99.
+  with ``AUTH=none``, alternating none, keys, none, keys… (three rounds each, one when
+  quick); per side the median round, and ``keys_vs_none`` for req/s, p99 and server CPU per
+  request.
 
 The server runs as its own process on a fresh database (no worker, so every job stays
 pending; MAX_PENDING_JOBS is raised so backpressure never answers). wrk runs on the same
@@ -176,6 +177,7 @@ async def measure(
 
 
 KEYS = 100
+AUTH_ROUNDS = 3
 KEY_SCRIPT = """
 local keys = {%s}
 local paths = {%s}
@@ -242,10 +244,11 @@ async def measure_auth(*, quick: bool, connections: int, dsn_admin: str) -> dict
         rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
             name: {"none": [], "keys": []} for name in scripts
         }
-        for _ in range(1 if quick else 2):
+        for _ in range(1 if quick else AUTH_ROUNDS):
             for mode in ("none", "keys"):
                 async with server(dsn, {"AUTH": mode}) as served:
                     for name, script in scripts.items():
+                        before = cpu_seconds(served.pid)
                         figures = await asyncio.to_thread(
                             wrk,
                             f"{served.base}/generations",
@@ -253,19 +256,26 @@ async def measure_auth(*, quick: bool, connections: int, dsn_admin: str) -> dict
                             seconds=seconds,
                             script=script,
                         )
+                        used = cpu_seconds(served.pid) - before
+                        figures["server_cpu_us_per_request"] = round(used / figures["requests"] * 1e6, 1)
                         rounds[name][mode].append(figures)
 
     def middle(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return sorted(runs, key=lambda run: run["requests_per_s"])[(len(runs) - 1) // 2]
 
+    shown = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "failed")
     result: dict[str, Any] = {}
     for name, sides in rounds.items():
         none, keyed = middle(sides["none"]), middle(sides["keys"])
         result[name] = {
-            "none": {key: none[key] for key in ("requests_per_s", "p50_ms", "p99_ms", "failed")},
-            "keys": {key: keyed[key] for key in ("requests_per_s", "p50_ms", "p99_ms", "failed")},
+            "none": {key: none[key] for key in shown},
+            "keys": {key: keyed[key] for key in shown},
             "keys_vs_none_rate": round(keyed["requests_per_s"] / none["requests_per_s"], 3),
             "keys_vs_none_p99": round(keyed["p99_ms"] / none["p99_ms"], 3),
+            # CPU per request of the server process: steadier than req/s on a busy machine.
+            "keys_vs_none_cpu": round(
+                keyed["server_cpu_us_per_request"] / none["server_cpu_us_per_request"], 3
+            ),
             "rounds": {mode: [run["requests_per_s"] for run in runs] for mode, runs in sides.items()},
         }
     return {

@@ -50,29 +50,53 @@ WHERE g.job_id = $1;
 
 -- name: generation_list
 -- A page of generations, newest first, strictly after the keyset cursor (created_at, id).
--- The first page passes a cursor after every job (the largest timestamp and uuid). Only the
--- generations key $4 owns, or all when $4 is NULL (see generation_get).
--- $1 cursor created_at, $2 cursor id, $3 limit, $4 viewer key id
+-- The first page passes a cursor after every job (the largest timestamp and uuid). Every
+-- key's (an admin key, or AUTH=none); generation_list_owned lists one key's.
+-- $1 cursor created_at, $2 cursor id, $3 limit
 SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
        j.updated_at, j.started_at, j.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN jobs j ON j.id = g.job_id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
-WHERE (g.created_at, g.job_id) < ($1, $2) AND ($4::bigint IS NULL OR g.owner_key = $4)
+WHERE (g.created_at, g.job_id) < ($1, $2)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
 
 -- name: generation_list_completed
 -- Like generation_list, completed generations only: walks all generations newest first and
 -- keeps the completed ones, which are nearly all of them.
--- $1 cursor created_at, $2 cursor id, $3 limit, $4 viewer key id
+-- $1 cursor created_at, $2 cursor id, $3 limit
 SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
        f.finished_at AS updated_at, f.started_at, f.finished_at,
        g.prompt, g.provider, g.model, im.image_indexes, im.image_types
 FROM generations g JOIN finished_jobs f ON f.id = g.job_id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
 WHERE f.status = 'completed' AND (g.created_at, g.job_id) < ($1, $2)
-  AND ($4::bigint IS NULL OR g.owner_key = $4)
+ORDER BY g.created_at DESC, g.job_id DESC
+LIMIT $3;
+
+-- name: generation_list_owned
+-- Like generation_list, only the generations of key $4: read through generations_owner_idx,
+-- so a key with few jobs among many is not found by walking everyone's.
+-- $1 cursor created_at, $2 cursor id, $3 limit, $4 owner key id
+SELECT g.job_id AS id, j.status, g.num_images, g.animal, j.error, j.attempts, j.created_at,
+       j.updated_at, j.started_at, j.finished_at,
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
+FROM generations g JOIN jobs j ON j.id = g.job_id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
+WHERE g.owner_key = $4 AND (g.created_at, g.job_id) < ($1, $2)
+ORDER BY g.created_at DESC, g.job_id DESC
+LIMIT $3;
+
+-- name: generation_list_completed_owned
+-- Like generation_list_completed, only the generations of key $4 (generations_owner_idx).
+-- $1 cursor created_at, $2 cursor id, $3 limit, $4 owner key id
+SELECT g.job_id AS id, f.status, g.num_images, g.animal, f.error, f.attempts, f.created_at,
+       f.finished_at AS updated_at, f.started_at, f.finished_at,
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types
+FROM generations g JOIN finished_jobs f ON f.id = g.job_id
+CROSS JOIN LATERAL generation_images(g.job_id) AS im
+WHERE g.owner_key = $4 AND f.status = 'completed' AND (g.created_at, g.job_id) < ($1, $2)
 ORDER BY g.created_at DESC, g.job_id DESC
 LIMIT $3;
 
@@ -94,9 +118,9 @@ CROSS JOIN LATERAL (
       AND (f.created_at, f.id) < ($2, $3) AND ($5::bigint IS NULL OR g.owner_key = $5)
     ORDER BY f.created_at DESC, f.id DESC
     LIMIT $4
-) AS fg
-JOIN finished_jobs f ON f.id = fg.id
-JOIN generations g ON g.job_id = fg.id
+) AS page
+JOIN finished_jobs f ON f.id = page.id
+JOIN generations g ON g.job_id = page.id
 CROSS JOIN LATERAL generation_images(g.job_id) AS im
 ORDER BY f.created_at DESC, f.id DESC
 LIMIT $4;
@@ -130,3 +154,31 @@ DELETE FROM generations WHERE job_id = ANY($1::uuid[]);
 -- of another kind of job is unknown here, and so is one key $2 does not own (unless $2 is NULL).
 -- $1 job id, $2 viewer key id
 SELECT job_cancel(job_id) FROM generations WHERE job_id = $1 AND ($2::bigint IS NULL OR owner_key = $2);
+
+-- name: generation_events_after
+-- Job events after id $1, in id order, at most $2, of every kind (a follower needs every id
+-- to tell a gap from another kind's event); for generations, the job as it is now (id NULL
+-- for other kinds, and for generations key $3 does not own unless $3 is NULL); and the
+-- snapshot they were read under (see job_events_settled).
+-- $1 event id, $2 limit, $3 viewer key id
+SELECT e.id AS event_id, e.type, g.job_id AS id, j.status, g.num_images, g.animal, j.error,
+       j.attempts, j.created_at, j.updated_at, j.started_at, j.finished_at,
+       g.prompt, g.provider, g.model, im.image_indexes, im.image_types,
+       pg_current_snapshot()::text AS snapshot
+FROM job_events e
+LEFT JOIN generations g ON g.job_id = e.job_id AND ($3::bigint IS NULL OR g.owner_key = $3)
+LEFT JOIN jobs j ON j.id = g.job_id
+LEFT JOIN LATERAL generation_images(g.job_id) AS im ON g.job_id IS NOT NULL
+WHERE e.id > $1
+ORDER BY e.id
+LIMIT $2;
+
+-- name: generation_history
+-- Every recorded change of a generation, oldest first: type, status after it, what it adds
+-- (jsonb as text: an attempt's number, an image's index, an error) and when. No rows for an
+-- unknown job, another kind's, or one key $2 does not own (unless $2 is NULL).
+-- $1 job id, $2 viewer key id
+SELECT e.type, e.status, e.data::text AS data, e.at
+FROM job_events e JOIN generations g ON g.job_id = e.job_id
+WHERE e.job_id = $1 AND ($2::bigint IS NULL OR g.owner_key = $2)
+ORDER BY e.version;

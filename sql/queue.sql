@@ -333,3 +333,53 @@ DELETE FROM workers WHERE id = $1;
 DELETE FROM workers
 WHERE last_seen_at < clock_timestamp() - make_interval(secs => $1)
 RETURNING id;
+
+-- name: job_events_head
+-- The id of the last event recorded and the snapshot it was read under: where a follower of
+-- every job's events starts (see job_events_settled for what the snapshot is for).
+-- no parameters
+SELECT coalesce(max(id), 0) AS last_id, pg_current_snapshot()::text AS snapshot FROM job_events;
+
+-- name: job_events_settled
+-- Whether every transaction that was running under snapshot $1 has ended. An event id that
+-- was missing under $1 and is still missing now was rolled back (or its job deleted): it will
+-- never be committed, and a follower may pass over it.
+-- $1 snapshot (pg_snapshot as text)
+SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax($1::text::pg_snapshot);
+
+-- name: queue_overview_kinds
+-- Per kind: jobs waiting and running, how many waiting jobs are due, and how long the head of
+-- the queue has waited since it fell due: queue_summary's pending and processing rows, read
+-- from job_queue alone (the view also counts finished_jobs, a scan of every job ever kept).
+-- Kinds with no waiting or running job appear when a live worker runs them.
+-- no parameters
+WITH kinds AS (
+    SELECT DISTINCT kind FROM job_queue
+    UNION
+    SELECT unnest(kinds) FROM live_workers
+)
+SELECT k.kind,
+       count(q.id) FILTER (WHERE q.worker_id IS NULL) AS pending,
+       count(q.id) FILTER (WHERE q.worker_id IS NOT NULL) AS processing,
+       count(q.id) FILTER (WHERE q.worker_id IS NULL AND q.run_at <= now()) AS due,
+       extract(epoch FROM now() - min(q.run_at) FILTER (WHERE q.worker_id IS NULL AND q.run_at <= now()))::float8
+           AS longest_wait_seconds
+FROM kinds k LEFT JOIN job_queue q ON q.kind = k.kind
+GROUP BY k.kind
+ORDER BY k.kind;
+
+-- name: queue_overview_workers
+-- The live workers (the view live_workers): who they are, the kinds they run, their slots and
+-- the jobs they hold now.
+-- no parameters
+SELECT id, host, pid, kinds, running, concurrency, started_at, last_seen_at,
+       seconds_since_heartbeat::float8 AS seconds_since_heartbeat, processing_jobs
+FROM live_workers;
+
+-- name: queue_overview_failures
+-- Failures in the last hour (the view recent_failures): jobs that failed for good, and jobs
+-- whose last attempt failed and that wait for, or run, a retry.
+-- no parameters
+SELECT count(*) FILTER (WHERE outcome = 'failed') AS failed,
+       count(*) FILTER (WHERE outcome = 'retrying') AS retrying
+FROM recent_failures WHERE updated_at > now() - interval '1 hour';

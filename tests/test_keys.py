@@ -589,3 +589,67 @@ async def test_a_lookup_notes_the_key_as_used(
     assert await pool.fetchval("SELECT last_used_at FROM keys WHERE name = 'fresh'") is None
     await keyed.get("/animals", headers=bearer(token))
     assert await pool.fetchval("SELECT last_used_at FROM keys WHERE name = 'fresh'") is not None
+
+
+@pytest.mark.parametrize("status", [None, "pending", "processing", "completed", "failed", "canceled"])
+async def test_a_keys_listing_reads_few_rows_among_100k_jobs_of_another_key(
+    pool: asyncpg.Pool, make_key: MakeKey, status: str | None
+) -> None:
+    """GET /generations for a key with a few jobs, among 100,000 completed jobs of another key,
+    reads a few hundred rows at most, in custom and generic plans (counted from EXPLAIN
+    ANALYZE as tests/test_queue.py does)."""
+    from app.images import generations
+    from app.queue.kinds import Status
+    from tests.test_queue import PLAN_MODES, QUEUE_TABLES, _plan, _plan_nodes, finished_generations
+
+    await make_key("big")
+    await make_key("small")
+    big, small = [
+        await pool.fetchval("SELECT id FROM keys WHERE name = $1", name) for name in ("big", "small")
+    ]
+    await finished_generations(pool, 100_000)
+    await pool.execute("UPDATE generations SET owner_key = $1", big)
+    for finished in ("completed", "failed", "canceled"):
+        await finished_generations(pool, 5, finished)
+    await insert_generations(pool, 5)
+    await set_status(pool, await insert_generations(pool, 5), "processing")
+    await pool.execute("UPDATE generations SET owner_key = $1 WHERE owner_key IS NULL", small)
+    await pool.execute("VACUUM ANALYZE")
+    wanted = None if status is None else Status(status)
+    query, args = generations.list_statement(wanted, None, 51, small)
+    async with pool.acquire() as conn:
+        for mode in PLAN_MODES:
+            plan = await _plan(conn, query, args, mode=mode, analyze=True)
+            read = sum(
+                node["Actual Rows"] * node["Actual Loops"]
+                + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)
+                for node in _plan_nodes(plan)
+                if node.get("Relation Name") in QUEUE_TABLES
+            )
+            assert read <= 500, (mode, read)
+    page = await generations.list_page(pool, status=wanted, after=None, limit=51, viewer=small)
+    assert len(page) == (25 if status is None else 5)
+
+
+async def test_keys_appear_in_logs_and_metrics_only_as_their_prefix(
+    keyed: httpx.AsyncClient, pool: asyncpg.Pool, make_key: MakeKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creating a job logs the key's prefix, a refused key is logged by its prefix (or not at
+    all when it does not look like a key); no key reaches a log line, a problem body or the
+    metrics."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    token = await make_key("logged")
+    unknown = keys.new_key()
+    await create(keyed, token)
+    refused = await keyed.get("/generations", headers=bearer(unknown))
+    await keyed.get("/generations", headers={"Authorization": "Bearer not-a-key-at-all"})
+    metrics = (await keyed.get("/metrics")).text
+    records = [
+        record for record in caplog.records if getattr(record, "action", "") in ("job_created", "key_refused")
+    ]
+    assert [getattr(record, "key", None) for record in records] == [token[:12], unknown[:12], "(not a key)"]
+    for text in (caplog.text, refused.text, metrics):
+        assert token not in text and unknown not in text and "not-a-key-at-all" not in text

@@ -21,7 +21,8 @@ async def keyed_client(settings):
         yield http
 
 
-DOC_ROUTES = {"/openapi.json", "/docs", "/docs/swagger-init.js", "/redoc"}
+DOC_ROUTES = {"/openapi.json", "/docs", "/docs/swagger-init.js", "/redoc", "/", "/static/{path:path}"}
+"""Pages and their files, not API operations: the docs and the dashboard."""
 
 
 async def test_the_document_is_valid_openapi_3_1_and_documents_every_route(client, settings):
@@ -39,7 +40,16 @@ async def test_the_document_is_valid_openapi_3_1_and_documents_every_route(clien
     assert documented == app_routes
 
 
-NO_EXAMPLE = {"Idempotency-Key", "Prefer", "If-None-Match", "Last-Event-ID", "cursor", "expires", "sig"}
+NO_EXAMPLE = {
+    "Idempotency-Key",
+    "Prefer",
+    "If-None-Match",
+    "Last-Event-ID",
+    "lastEventId",
+    "cursor",
+    "expires",
+    "sig",
+}
 """Parameters Swagger UI's "Try it out" must not fill in: each changes what the request does
 (a sample key replays an old job, a sample cursor lists nothing); their descriptions say
 what goes there."""
@@ -103,6 +113,10 @@ def schemathesis(base: str, cwd: Path, *extra: str) -> subprocess.CompletedProce
             "all",
             "--exclude-checks",
             "positive_data_acceptance",
+            # The stream of every job's events never ends, so each request to it would only
+            # wait out the timeout; tests/test_feed.py holds its events to the schema.
+            "--exclude-operation-id",
+            "all_events",
             "--max-examples",
             "15",
             "--seed",
@@ -127,7 +141,7 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema
     documented schema, status, content type and headers; without a key every keyed operation
     answers 401, and nothing else is off the schema either. (Positive-data acceptance is left
     out: a cursor or an Idempotency-Key reused with another body is rejected by design, which
-    no schema can say.)"""
+    no schema can say. GET /generations/events is left out: its stream never ends.)"""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {

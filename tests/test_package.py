@@ -80,7 +80,8 @@ async def test_the_installed_wheel_runs_the_service_from_an_empty_folder(
     installed, tmp_path, empty_database_url
 ):
     """From an empty folder, far from the checkout: `menagerie migrate`, then `menagerie
-    server` and `menagerie worker`, complete a job over HTTP and serve its images."""
+    server` and `menagerie worker`, complete a job over HTTP and serve its images, and the
+    dashboard's page and files (package data)."""
     env = {
         "DATABASE_URL": empty_database_url,
         "IMAGE_PROVIDER_DELAY": "0",
@@ -108,6 +109,8 @@ async def test_the_installed_wheel_runs_the_service_from_an_empty_folder(
             job = await wait_until_terminal(http, created.headers["location"])
             assert job["status"] == "completed"
             images = [await http.get(url) for url in job["imageUrls"]]
+            dashboard = [await http.get(path) for path in ("/", "/static/app.css", "/static/js/main.js")]
+        assert [response.status_code for response in dashboard] == [200] * 3
         assert [image.headers["content-type"] for image in images] == ["image/png"] * 2
     finally:
         for process in processes:

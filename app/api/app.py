@@ -26,7 +26,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app import db, keys
-from app.api import auth, backlog, cursors, docs, headers, idempotency, openapi, problems, streams, swagger
+from app.api import (
+    auth,
+    backlog,
+    cursors,
+    docs,
+    etags,
+    feed,
+    headers,
+    idempotency,
+    openapi,
+    page,
+    problems,
+    streams,
+    swagger,
+)
 from app.api.auth import AuthMiddleware
 from app.api.headers import SecurityHeadersMiddleware
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
@@ -37,8 +51,10 @@ from app.api.models import (
     GenerationRequest,
     ListQuery,
     Signer,
+    history_json,
     job_json,
     jobs_json,
+    queue_json,
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
@@ -49,6 +65,7 @@ from app.images.animals import ANIMALS
 from app.images.generations import Generation
 from app.images.generations import Request as GenerationSpec
 from app.migrate import migration_ids
+from app.queue import overview
 from app.queue.kinds import Status
 from app.settings import Settings
 
@@ -135,9 +152,9 @@ def job_response(
 ) -> Response:
     """The job as JSON with a strong ETag of its bytes; 304 when If-None-Match has it."""
     body = job_json(job, base_url=base_url(request), signer=signer)
-    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    etag = etags.of(body)
     answer_headers = {**(headers or {}), "ETag": etag}
-    if status_code == 200 and etag_matches(header(request, b"if-none-match"), etag):
+    if status_code == 200 and etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=answer_headers)
     return Response(body, status_code=status_code, headers=answer_headers, media_type="application/json")
 
@@ -302,6 +319,72 @@ async def job_events(request: Request) -> Response:
     )
 
 
+def requested_position(request: Request) -> int | None:
+    """Where a client of GET /generations/events resumes: `Last-Event-ID` (sent by EventSource
+    when it reconnects by itself), else the `lastEventId` query parameter (a page that opens a
+    new EventSource after a refusal has no other way to send it); None: from now."""
+    found = None
+    for where, name, given in (
+        ("query", "lastEventId", request.query_params.get("lastEventId")),
+        ("header", "Last-Event-ID", header(request, b"last-event-id")),
+    ):
+        if given is None:
+            continue
+        if not (given.isascii() and given.isdigit() and len(given) <= 18):
+            raise Problem.invalid([where, name], "not an event id this service issued")
+        found = int(given)
+    return found
+
+
+@documented(docs.ALL_EVENTS)
+async def all_events(request: Request) -> Response:
+    """Server-Sent Events: every change to the caller's generations, from now or from an
+    event id."""
+    state = request.state
+    root = base_url(request)
+
+    def render(job: Generation, signer: Signer | None) -> str:
+        return job_json(job, base_url=root, signer=signer).decode()
+
+    body = feed.stream(
+        state.pool,
+        state.watch,
+        after=requested_position(request),
+        heartbeat=state.settings.sse_heartbeat,
+        viewer=auth.viewer(request.scope),
+        render=render,
+        signer=lambda: image_signer(request),
+    )
+    first = await anext(body)  # reads the database: a 503 now rather than a broken stream
+    return StreamingResponse(
+        counted(first, body, state.metrics.open_streams),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@documented(docs.JOB_HISTORY)
+async def job_history(request: Request) -> Response:
+    """Every recorded change of one job, for the dashboard's detail view."""
+    pool = request.state.pool
+    job_id = parse_job_id(request)
+    viewer = auth.viewer(request.scope)
+    moments = await generations.history(pool, job_id=job_id, viewer=viewer)
+    if not moments and await generations.get(pool, job_id=job_id, viewer=viewer) is None:
+        raise problems.no_such_job()
+    return Response(history_json(moments), media_type="application/json")
+
+
+@documented(docs.QUEUE)
+async def queue_overview(request: Request) -> Response:
+    """The queue at a glance, for operators and the dashboard's strip: admin keys only, since
+    it counts every client's jobs."""
+    key = auth.caller(request.scope)
+    if key is not None and not key.admin:
+        raise Problem(403, "only an admin key may read the queue", type="/problems/admin-only")
+    return Response(queue_json(await overview.read(request.state.pool)), media_type="application/json")
+
+
 @documented(docs.LIST_GENERATIONS)
 async def list_generations(request: Request) -> Response:
     try:
@@ -353,17 +436,9 @@ async def get_image(request: Request) -> Response:
     # With keys an image is one client's: a shared cache must not keep it.
     visibility = "public" if keyed is None else "private"
     headers = {"ETag": etag, "Cache-Control": f"{visibility}, max-age=31536000, immutable"}
-    if etag_matches(header(request, b"if-none-match"), etag):
+    if etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(found.data, headers=headers, media_type=found.content_type)
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x"."""
-    if not if_none_match:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in tags or etag in tags
 
 
 @documented(docs.CANCEL_GENERATION)
@@ -472,16 +547,20 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
+        Route("/generations/events", all_events, methods=["GET"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
+        Route("/generations/{job_id}/history", job_history, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
+        Route("/queue", queue_overview, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         *swagger.routes(),
+        *page.routes(image_origin=image_origin(settings)),
     ]
     app = Starlette(
         routes=routes,
@@ -506,6 +585,14 @@ def create_app(settings: Settings) -> Starlette:
         )
     ).body
     return app
+
+
+def image_origin(settings: Settings) -> str | None:
+    """The origin of PUBLIC_BASE_URL (the images' URLs), when it is set."""
+    if settings.public_base_url is None:
+        return None
+    url = settings.public_base_url
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
 
 
 def cors(settings: Settings) -> list[Middleware]:

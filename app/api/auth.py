@@ -18,7 +18,7 @@ import hmac
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,7 +87,10 @@ class Lazy:
 
 
 class KeyCache:
-    """Keys looked up by hash, remembered for KEY_CACHE_SECONDS."""
+    """Keys looked up by hash, trusted for KEY_CACHE_SECONDS from the moment their lookup
+    began. A key in use is looked up again in the background once half that has passed, so
+    that a busy key's requests never wait for the database; a revoked key drops out at that
+    lookup."""
 
     MAX_ENTRIES = 10_000
 
@@ -95,21 +98,38 @@ class KeyCache:
         self._pool = pool
         self._secret = Lazy(pool, keys.KEY_HASH_SECRET)
         self._found: dict[bytes, tuple[Key, float]] = {}
+        self._refreshing: dict[bytes, asyncio.Task[Key | None]] = {}
 
     async def find(self, token: str) -> Key | None:
         digest = keys.key_hash(await self._secret.get(), token)
-        now = time.monotonic()
         hit = self._found.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            key, looked_up = hit
+            age = time.monotonic() - looked_up
+            if age < KEY_CACHE_SECONDS:
+                if age > KEY_CACHE_SECONDS / 2 and digest not in self._refreshing:
+                    self._refreshing[digest] = asyncio.create_task(self._refresh(digest))
+                return key
+        return await self._look_up(digest)
+
+    async def _look_up(self, digest: bytes) -> Key | None:
+        began = time.monotonic()
         key = await keys.authenticate(self._pool, digest=digest)
         if key is None:
             self._found.pop(digest, None)
             return None
         if len(self._found) >= self.MAX_ENTRIES:
             self._found.clear()
-        self._found[digest] = (key, now + KEY_CACHE_SECONDS)
+        self._found[digest] = (key, began)
         return key
+
+    async def _refresh(self, digest: bytes) -> Key | None:
+        try:
+            return await self._look_up(digest)
+        except db.Unavailable:
+            return None  # the entry expires, and the next request looks it up itself
+        finally:
+            del self._refreshing[digest]
 
 
 @dataclass
@@ -130,15 +150,17 @@ class Held:
     left: float = 0.0
     """Tokens left in the shared bucket at the last take."""
     denied_until: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refill: asyncio.Task[None] | None = None
 
 
 class Limiter:
     """Per-key token buckets, shared by every server process through key_buckets.
 
-    A request uses a token this process holds for the key; when it holds none, it takes a
-    batch from the shared bucket in one UPDATE (the tokens of BATCH_SECONDS of the key's rate,
-    at least one). Tokens are only ever granted by the shared bucket, so all processes
+    A request uses a token this process holds for the key. Tokens are taken from the shared
+    bucket in batches, in one UPDATE: the tokens of BATCH_SECONDS of the key's rate (at least
+    one). The next batch is taken in the background once half of the current one is used, so
+    a steady key's requests do not wait for the database; a request waits only when this
+    process holds none. Tokens are only ever granted by the shared bucket, so all processes
     together never let a key through faster than its rate plus its burst; a process drops the
     tokens it has not used within HOLD_SECONDS. The price of batching: a key spread over many
     processes may be refused while another process still holds a few of its tokens. A refused
@@ -153,20 +175,47 @@ class Limiter:
         if held is None:
             held = self._held[key.id] = Held()
         now = time.monotonic()
-        if held.tokens <= 0 or held.until <= now:
-            if held.denied_until > now:
+        if held.until <= now:
+            held.tokens = 0
+        if held.tokens <= 0:
+            if held.denied_until > now and held.refill is None:
                 return self._verdict(key, held, allowed=False, now=now)
-            async with held.lock:
-                now = time.monotonic()
-                if held.tokens <= 0 or held.until <= now:
-                    wanted = max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
-                    granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=wanted)
-                    held.tokens, held.until, held.left = granted, now + HOLD_SECONDS, left
-                    if granted == 0:
-                        held.denied_until = now + (1.0 - left) / key.rate
-                        return self._verdict(key, held, allowed=False, now=now)
+            if held.refill is None:
+                held.refill = self._start_refill(key, held)
+            await asyncio.shield(held.refill)
+            now = time.monotonic()
+            if held.tokens <= 0:
+                return self._verdict(key, held, allowed=False, now=now)
         held.tokens -= 1
+        if held.tokens <= self._batch(key) // 2 and held.refill is None:
+            held.refill = self._start_refill(key, held)
         return self._verdict(key, held, allowed=True, now=now)
+
+    @staticmethod
+    def _batch(key: Key) -> int:
+        return max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
+
+    def _start_refill(self, key: Key, held: Held) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._refill(key, held))
+        # A refill in the background that fails (the database is down) is awaited by nobody:
+        # the next request that needs a token takes another and gets the error itself.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
+
+    async def _refill(self, key: Key, held: Held) -> None:
+        try:
+            granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=self._batch(key))
+            now = time.monotonic()
+            if held.until <= now:
+                held.tokens = 0
+            held.tokens += granted
+            held.left = left
+            if granted:
+                held.until = now + HOLD_SECONDS
+            else:
+                held.denied_until = now + (1.0 - left) / key.rate
+        finally:
+            held.refill = None
 
     @staticmethod
     def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
@@ -273,9 +322,8 @@ class AuthMiddleware:
             return
         if key is None or verdict is None:
             log.info(
-                "refused a request with a missing or unknown key %s",
-                keys.shown(token),
-                extra={"action": "key_refused"},
+                "refused a request with a missing, unknown or revoked key",
+                extra={"action": "key_refused", "key": keys.shown(token)},
             )
             await problem_response(unauthorized())(scope, receive, send)
             return

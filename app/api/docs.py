@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from app.api.models import (
     EXAMPLE_JOB,
+    EXAMPLE_QUEUE,
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
     GenerationRequest,
     JobOut,
     ListQuery,
+    MomentOut,
+    QueueOut,
 )
 from app.api.openapi import Header, Operation, Param, Reply
 from app.queue.kinds import Status as JobStatus
@@ -254,6 +257,137 @@ JOB_EVENTS = Operation(
             ),
         ),
         404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
+JOB_HISTORY = Operation(
+    summary="A job's history",
+    description=(
+        "Every recorded change of the job, oldest first: its creation, each attempt's start, "
+        "each image stored, each failed attempt and why, and how it ended."
+    ),
+    params=(JOB_ID,),
+    replies={
+        200: Reply(
+            "The changes, oldest first",
+            model=MomentOut,
+            many=True,
+            example=[
+                {
+                    "type": "created",
+                    "status": "pending",
+                    "data": None,
+                    "at": "2026-11-27T10:30:00.123456+00:00",
+                },
+                {
+                    "type": "started",
+                    "status": "processing",
+                    "data": {"attempt": 1},
+                    "at": "2026-11-27T10:30:00.125002+00:00",
+                },
+                {
+                    "type": "retrying",
+                    "status": "pending",
+                    "data": {"error": "provider timed out", "runAt": "2026-11-27T10:30:02.1+00:00"},
+                    "at": "2026-11-27T10:30:01.2+00:00",
+                },
+            ],
+        ),
+        404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
+CHANGE_TYPES = ["created", "started", "progress", "retrying", "requeued", "completed", "failed", "canceled"]
+
+ALL_EVENTS = Operation(
+    summary="Follow every job as Server-Sent Events",
+    description=(
+        "One stream for all jobs (a page holds one connection, not one per job). First a `ready` "
+        "event, its id the position the stream starts from (`resumed`: whether the client gave "
+        "one). Then one event per change to a job, named after the change (`created`, "
+        "`started`, `progress` for each image stored, `retrying`, `requeued`, `completed`, "
+        "`failed`, `canceled`), its data the whole job as it is when sent; changes of one job "
+        "read together are sent as the last of them. Event ids are durable and increasing: "
+        "reconnect with `Last-Event-ID` (or `?lastEventId=`), even after a server restart, "
+        "to be sent every change after that one, none twice; a client drops any event whose "
+        "id is not above the last it applied. An event with only an id may move the position "
+        "past other kinds' jobs. Comments keep idle streams open; the stream never ends by "
+        "itself."
+    ),
+    params=(
+        Param(
+            "Last-Event-ID",
+            "header",
+            "The id of the last event applied: resume after it",
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        ),
+        Param(
+            "lastEventId",
+            "query",
+            "The same, for a client that cannot send headers (a new EventSource); the header wins",
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        ),
+    ),
+    replies={
+        200: Reply(
+            "The event stream; each change's data is the whole job",
+            content={
+                "text/event-stream": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "enum": ["ready", *CHANGE_TYPES]},
+                        "id": {"type": "string", "pattern": "^[0-9]+$"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/JobOut"},
+                                    {
+                                        "type": "object",
+                                        "properties": {"resumed": {"type": "boolean"}},
+                                        "required": ["resumed"],
+                                    },
+                                ]
+                            },
+                        },
+                    },
+                    "required": ["event", "id", "data"],
+                }
+            },
+            example=(
+                'event: ready\nid: 41\ndata: {"resumed": false}\n\n'
+                'event: created\nid: 42\ndata: {"jobId": "6f1c…", "status": "pending", …}\n\n'
+                "event: started\nid: 43\ndata: {…}\n\n"
+                "event: progress\nid: 45\ndata: {…}\n\n"
+                "event: completed\nid: 47\ndata: {…}\n\n"
+            ),
+        ),
+        422: Reply(
+            "The event id is not one this service issued",
+            problems={"/problems/validation-error": "Last-Event-ID: not an event id this service issued"},
+        ),
+        503: UNAVAILABLE,
+    },
+)
+
+QUEUE = Operation(
+    summary="The queue at a glance",
+    tag="operations",
+    description=(
+        "Read-only: per kind of job, how many wait, run and are due, and how long the head of "
+        "the queue has waited (the view queue_summary); the workers heard from in the last "
+        "90 s (live_workers); jobs that failed, or failed an attempt and will be retried, in "
+        "the last hour (recent_failures)."
+    ),
+    replies={
+        200: Reply("The queue now", model=QueueOut, example=EXAMPLE_QUEUE),
+        403: Reply(
+            "The key is not an admin key (the queue counts every client's jobs)",
+            problems={"/problems/admin-only": "only an admin key may read the queue"},
+        ),
         503: UNAVAILABLE,
     },
 )

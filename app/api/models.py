@@ -19,9 +19,10 @@ from pydantic import (
 
 from app.api.problems import echo
 from app.images.animals import ANIMALS
-from app.images.generations import Generation
+from app.images.generations import Generation, Moment
 from app.images.stores import EXTENSIONS
 from app.queue.kinds import Status as JobStatus
+from app.queue.overview import Overview
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
 
@@ -165,6 +166,111 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
 def jobs_json(jobs: Iterable[Generation], *, base_url: str, signer: Signer | None = None) -> bytes:
     """A JSON array of jobs, each as `job_json` writes it."""
     return b"[" + b",".join(job_json(job, base_url=base_url, signer=signer) for job in jobs) + b"]"
+
+
+class MomentOut(BaseModel):
+    """One recorded change of a job."""
+
+    type: str = Field(
+        description="created, started, progress, retrying, requeued, completed, failed or canceled"
+    )
+    status: JobStatus = Field(description="The job's status after it")
+    data: dict[str, Any] | None = Field(
+        description="What the change adds: `attempt` (started), `image` (progress, counted from 0), `error` (retrying, failed)"
+    )
+    at: Timestamp
+
+
+def history_json(moments: Iterable[Moment]) -> bytes:
+    """A job's history as a JSON array of MomentOut."""
+    return _json.dumps(
+        [
+            {"type": moment.type, "status": moment.status, "data": moment.data, "at": moment.at.isoformat()}
+            for moment in moments
+        ],
+        separators=(",", ":"),
+    ).encode()
+
+
+class KindLoadOut(BaseModel):
+    """One kind of job in the queue now."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    kind: str
+    pending: int = Field(description="Jobs waiting (due or not)")
+    processing: int = Field(description="Jobs running on a worker")
+    due: int = Field(description="Waiting jobs whose run time has come")
+    longest_wait_seconds: float | None = Field(
+        serialization_alias="longestWaitSeconds",
+        description="How long the oldest due job has waited since it fell due; null when none is due",
+    )
+
+
+class WorkerOut(BaseModel):
+    """A worker heard from in the last 90 seconds."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    id: str
+    host: str
+    pid: int
+    kinds: list[str]
+    running: int = Field(description="Jobs it ran at its last heartbeat")
+    concurrency: int = Field(description="Jobs it runs at once at most")
+    started_at: Timestamp = Field(serialization_alias="startedAt")
+    last_seen_at: Timestamp = Field(serialization_alias="lastSeenAt")
+    seconds_since_heartbeat: float = Field(serialization_alias="secondsSinceHeartbeat")
+    processing_jobs: int = Field(serialization_alias="processingJobs", description="Jobs it holds now")
+
+
+class FailuresOut(BaseModel):
+    failed: int = Field(description="Jobs that failed for good in the last hour")
+    retrying: int = Field(
+        description="Jobs whose last attempt failed in the last hour and that will be retried"
+    )
+
+
+class QueueOut(BaseModel):
+    """The queue at a glance: each kind's load, the live workers, the last hour's failures."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    kinds: list[KindLoadOut]
+    workers: list[WorkerOut]
+    failures_last_hour: FailuresOut = Field(serialization_alias="failuresLastHour")
+
+
+EXAMPLE_QUEUE: dict[str, Any] = {
+    "kinds": [{"kind": "generate", "pending": 12, "processing": 4, "due": 12, "longestWaitSeconds": 1.2}],
+    "workers": [
+        {
+            "id": "w-host-1234-9f1c",
+            "host": "host",
+            "pid": 1234,
+            "kinds": ["generate"],
+            "running": 4,
+            "concurrency": 4,
+            "startedAt": "2026-11-27T10:00:00.000000+00:00",
+            "lastSeenAt": "2026-11-27T10:30:00.000000+00:00",
+            "secondsSinceHeartbeat": 3.4,
+            "processingJobs": 4,
+        }
+    ],
+    "failuresLastHour": {"failed": 1, "retrying": 2},
+}
+
+
+def queue_json(overview: Overview) -> bytes:
+    """The queue overview as QueueOut's JSON."""
+    out = QueueOut(
+        kinds=[KindLoadOut.model_validate(kind, from_attributes=True) for kind in overview.kinds],
+        workers=[WorkerOut.model_validate(worker, from_attributes=True) for worker in overview.workers],
+        failures_last_hour=FailuresOut(
+            failed=overview.failed_last_hour, retrying=overview.retrying_last_hour
+        ),
+    )
+    return out.model_dump_json().encode()
 
 
 class ProblemError(BaseModel):

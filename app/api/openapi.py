@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, ProblemOut
+from app.api.models import GenerationRequest, JobOut, MomentOut, ProblemOut, QueueOut
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -241,7 +241,13 @@ def build(
                 op, route.endpoint.__name__, keyed=keyed
             )
     schemas = _schemas(
-        [(GenerationRequest, "validation"), (JobOut, "serialization"), (ProblemOut, "serialization")]
+        [
+            (GenerationRequest, "validation"),
+            (JobOut, "serialization"),
+            (ProblemOut, "serialization"),
+            (QueueOut, "serialization"),
+            (MomentOut, "serialization"),
+        ]
     )
     schemas["GenerationRequest"]["properties"]["numImages"]["maximum"] = max_images
     document: dict[str, Any] = {

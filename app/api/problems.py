@@ -29,6 +29,7 @@ TITLES = {
     "/problems/unauthorized": "API key missing or not valid",
     "/problems/rate-limited": "Too many requests for this key",
     "/problems/too-many-pending": "Too many pending jobs for this key",
+    "/problems/admin-only": "Only an admin key may do this",
 }
 """Every problem type this service answers besides `about:blank`, with its title."""
 

@@ -27,6 +27,7 @@ from app.queue.kinds import TERMINAL, Status
 class JobWatch:
     def __init__(self, url: str) -> None:
         self._watchers: dict[UUID, set[asyncio.Event]] = {}
+        self._everything: set[asyncio.Event] = set()
         self.listener = Listener(
             url,
             channels={JOB_EVENTS_CHANNEL: self._changed},
@@ -48,8 +49,20 @@ class JobWatch:
                 if not events:
                     del self._watchers[job_id]
 
+    @contextmanager
+    def watch_all(self) -> Iterator[asyncio.Event]:
+        """An event set whenever any watched job may have changed."""
+        event = asyncio.Event()
+        self._everything.add(event)
+        try:
+            yield event
+        finally:
+            self._everything.discard(event)
+
     def _changed(self, payload: str) -> None:
         """The payload is the ids of the jobs that changed, comma separated (job_events_add)."""
+        for event in self._everything:
+            event.set()
         for text in payload.split(","):
             try:
                 events = self._watchers.get(UUID(text))
@@ -59,6 +72,8 @@ class JobWatch:
                 event.set()
 
     def _wake_all(self) -> None:
+        for event in self._everything:
+            event.set()
         for events in self._watchers.values():
             for event in events:
                 event.set()

@@ -5,6 +5,7 @@ what it asks for. One function per query in sql/generations.sql.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,55 @@ async def forget(conn: db.Connection, job_ids: list[UUID]) -> None:
     await conn.execute(queries.generation_forget, job_ids)
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A recorded event of a job: its id (ordered), its type, and for a generation the job as
+    it is now (None for another kind's event)."""
+
+    event_id: int
+    type: str
+    job: Generation | None
+
+
+@db.translated
+async def events_after(
+    conn: Connection, *, after: int, limit: int, viewer: int | None = None
+) -> tuple[list[Change], str | None]:
+    """Up to `limit` events after id `after`, in id order, of every kind (the job only for
+    generations key `viewer` owns; None: all); and the snapshot they were read under (None
+    when there were none)."""
+    rows = await conn.fetch(queries.generation_events_after, after, limit, viewer)
+    changes = [
+        Change(row["event_id"], row["type"], None if row["id"] is None else Generation.from_record(row))
+        for row in rows
+    ]
+    return changes, rows[0]["snapshot"] if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One recorded change of a job: created, started (its attempt), progress (an image),
+    retrying (the error), completed, failed, canceled, requeued."""
+
+    type: str
+    status: str
+    data: dict[str, Any] | None
+    at: datetime
+
+
+@db.translated
+async def history(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> list[Moment]:
+    """Every recorded change of a generation, oldest first (empty for an unknown job, or one
+    key `viewer` does not own)."""
+    rows = await conn.fetch(queries.generation_history, job_id, viewer)
+    return [
+        Moment(
+            row["type"], row["status"], None if row["data"] is None else json.loads(row["data"]), row["at"]
+        )
+        for row in rows
+    ]
+
+
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 """A cursor after every job: where the first page starts."""
 
@@ -181,13 +231,18 @@ FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), UUID(int=2**128 - 1))
 def list_statement(
     status: Status | None, after: tuple[datetime, UUID] | None, limit: int, viewer: int | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """The listing query for `status` (None: every job) and its arguments. Each status has the
-    query that reads the right index, even in a generic plan."""
+    """The listing query for `status` (None: every job) and its arguments, for key `viewer`'s
+    jobs (None: everyone's). Each has the query that reads the right index, even in a generic
+    plan."""
     created_at, job_id = after or FIRST_PAGE
     if status is None:
-        return queries.generation_list, (created_at, job_id, limit, viewer)
+        if viewer is not None:
+            return queries.generation_list_owned, (created_at, job_id, limit, viewer)
+        return queries.generation_list, (created_at, job_id, limit)
     if status is Status.COMPLETED:
-        return queries.generation_list_completed, (created_at, job_id, limit, viewer)
+        if viewer is not None:
+            return queries.generation_list_completed_owned, (created_at, job_id, limit, viewer)
+        return queries.generation_list_completed, (created_at, job_id, limit)
     if status in (Status.PENDING, Status.PROCESSING):
         return queries.generation_list_waiting, (
             status is Status.PROCESSING,

@@ -165,6 +165,21 @@ async def delete_finished(
     return [(row[0], row[1]) for row in rows]
 
 
+async def events_head(conn: Connection) -> tuple[int, str]:
+    """The id of the last event recorded (0: none yet) and the snapshot it was read under."""
+    row = await conn.fetchrow(queries.job_events_head)
+    if row is None:
+        raise RuntimeError("job_events_head returned no row")  # an aggregate always returns one
+    return row["last_id"], row["snapshot"]
+
+
+async def events_settled(conn: Connection, *, snapshot: str) -> bool:
+    """Whether every transaction running under `snapshot` has ended: an event id missing then
+    and still missing now will never appear."""
+    settled: bool = await conn.fetchval(queries.job_events_settled, snapshot)
+    return settled
+
+
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows (job id first) as `width` column lists, sorted by job id: statements that change
     several running jobs lock them in this order, so that two of them cannot deadlock."""

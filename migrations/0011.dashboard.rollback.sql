@@ -1,0 +1,19 @@
+-- job_events_add as 0006.general-queue made it.
+CREATE OR REPLACE FUNCTION job_events_add(ids uuid[], versions integer[], types text[], statuses text[], datas jsonb[] DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF ids IS NULL OR cardinality(ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO job_events (job_id, version, type, status, data)
+    SELECT e.job_id, e.version, e.type, e.status, e.data
+    FROM unnest(ids, versions, types, statuses, coalesce(datas, array_fill(NULL::jsonb, ARRAY[cardinality(ids)])))
+         AS e (job_id, version, type, status, data);
+    PERFORM pg_notify('menagerie_job_events', array_to_string(ids[first:first + 199], ','))
+    FROM generate_series(1, cardinality(ids), 200) AS first;
+    RETURN cardinality(ids);
+END
+$$;
+
+COMMENT ON COLUMN job_events.id IS 'Increases with every event (assigned at insert: a concurrent transaction may commit a lower id a moment later)';
