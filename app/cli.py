@@ -5,7 +5,7 @@ menagerie worker      one worker; start as many as you like, on any host
 menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock)
 menagerie run         server and one worker (and an embedded PostgreSQL when DATABASE_URL
                       is unset): what `make run` does; Ctrl-C stops them all
-menagerie keys        create, list and revoke API keys
+menagerie keys        create, list and revoke API keys; rotate a key's webhook secret
 """
 
 from __future__ import annotations
@@ -170,9 +170,11 @@ def positive(text: str) -> int:
 
 
 def manage_keys(config: settings.Settings, args: argparse.Namespace) -> int:
-    """`keys create|list|revoke`; prints a new key once, never stores it."""
+    """`keys create|list|revoke|rotate-webhook-secret`; prints a new key (and its webhook
+    secret) once, never stores the key."""
 
     async def create(conn: asyncpg.Connection) -> int:
+        shown_secret, secret = keys.new_webhook_secret()
         try:
             token, key = await keys.create(
                 conn,
@@ -181,6 +183,7 @@ def manage_keys(config: settings.Settings, args: argparse.Namespace) -> int:
                 rate=args.rate,
                 burst=args.burst,
                 max_pending=args.max_pending,
+                webhook_secret=secret,
             )
         except keys.KeyExists:
             print(f"menagerie: a live key is already named {args.name!r} (revoke it first)", file=sys.stderr)
@@ -194,6 +197,25 @@ def manage_keys(config: settings.Settings, args: argparse.Namespace) -> int:
         kind = "admin key" if key.admin else "key"
         print(f"menagerie: {kind} {key.name!r} made; it is shown only now:", file=sys.stderr)
         print(token)
+        print(
+            f"menagerie: its webhook secret (verifies its jobs' webhooks), shown only now: {shown_secret}",
+            file=sys.stderr,
+        )
+        return 0
+
+    async def rotate(conn: asyncpg.Connection) -> int:
+        shown_secret, secret = keys.new_webhook_secret()
+        try:
+            await keys.rotate_webhook_secret(conn, name=args.name, secret=secret, overlap=args.overlap)
+        except keys.NoSuchKey:
+            print(f"menagerie: no live key is named {args.name!r}", file=sys.stderr)
+            return 1
+        print(
+            f"menagerie: {args.name!r} has a new webhook secret, shown only now; deliveries are signed "
+            f"with both it and the old one for {args.overlap:g} s:",
+            file=sys.stderr,
+        )
+        print(shown_secret)
         return 0
 
     async def listing(conn: asyncpg.Connection) -> int:
@@ -219,7 +241,7 @@ def manage_keys(config: settings.Settings, args: argparse.Namespace) -> int:
         print(f"menagerie: revoked {args.name!r} ({prefix}…); servers refuse it within 5 s", file=sys.stderr)
         return 0
 
-    work = {"create": create, "list": listing, "revoke": revoke}[args.action]
+    work = {"create": create, "list": listing, "revoke": revoke, "rotate-webhook-secret": rotate}[args.action]
     return with_connection(config.database, work)
 
 
@@ -270,6 +292,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     actions.add_parser("list", help="every key: name, prefix, admin, limits, created, last used, revoked")
     revoking = actions.add_parser("revoke", help="stop a key working (within 5 s everywhere)")
     revoking.add_argument("name")
+    rotating = actions.add_parser(
+        "rotate-webhook-secret",
+        help="give a key a new webhook secret (printed once); the old one signs too for a while",
+    )
+    rotating.add_argument("name")
+    rotating.add_argument(
+        "--overlap",
+        type=settings.parse_duration,
+        default=86_400.0,
+        help="how long the old secret keeps signing beside the new one, e.g. 1h (24h)",
+    )
     args = parser.parse_args(argv)
     config = settings.load()
     if args.command == "keys":

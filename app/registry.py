@@ -1,19 +1,24 @@
 """What a worker process is made of: every kind of job menagerie runs, configured from the
 settings, the image provider its generations use, and the maintenance rounds of the layers
-above the queue. The `menagerie worker` command (worker.py, `menagerie run`) builds it here; the
-queue itself knows none of this."""
+above the queue. The `menagerie worker`
+command (worker.py, `menagerie run`) builds it here; the queue itself knows none of this."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
+from uuid import UUID
 
 import asyncpg
+import httpcore
 import httpx
 
-from app import db
+from app import db, keys
 from app.api import idempotency
+from app.api.auth import ImageSigner, Lazy
+from app.api.models import job_json
 from app.images import generate, generations
 from app.images.metrics import ProviderMetrics
 from app.images.providers import Provider
@@ -21,10 +26,12 @@ from app.images.providers.http import Endpoint, new_client
 from app.images.providers.local import LocalProvider
 from app.images.providers.openai import OpenAIProvider
 from app.images.providers.openrouter import OpenRouterProvider
-from app.queue.kinds import Forget, Kind, configured
+from app.queue.kinds import Forget, Kind, Retry, configured
 from app.queue.maintenance import Round
 from app.queue.process import serve
-from app.settings import SettingError, Settings
+from app.settings import SettingError, Settings, webhook_key
+from app.webhooks.delivery import Deliveries
+from app.webhooks.guard import Resolver, resolve
 
 
 def endpoint(settings: Settings) -> Endpoint | None:
@@ -79,13 +86,16 @@ async def http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient | N
 def kinds(
     settings: Settings,
     pool: asyncpg.Pool,
+    deliveries: Deliveries | None = None,
+    *,
     image_provider: Provider | None = None,
     metrics: ProviderMetrics | None = None,
 ) -> list[Kind]:
-    """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...). Generations are
-    the kind of `image_provider` (IMAGE_PROVIDER's, the local renderer by default), run with
-    the generation settings (WORKER_CONCURRENCY, JOB_TIMEOUT, ...) whatever its name; an HTTP
-    provider's calls are bounded by PROVIDER_MAX_CONCURRENCY for the whole process."""
+    """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...): generations, and
+    webhook deliveries when given `deliveries`. Generations are the kind of `image_provider`
+    (IMAGE_PROVIDER's, the local renderer by default), run with the generation settings
+    (WORKER_CONCURRENCY, JOB_TIMEOUT, ...) whatever its name; an HTTP provider's calls are
+    bounded by PROVIDER_MAX_CONCURRENCY for the whole process."""
     image_provider = image_provider or provider(settings)
     limiter = None if image_provider.name == "local" else asyncio.Semaphore(settings.provider_max_concurrency)
     generation = generate.kind(
@@ -96,13 +106,63 @@ def kinds(
         metrics=metrics,
         retry_cap=settings.retry_max_delay,
     )
-    return [configured(generation, settings.kind(generations.KIND))]
+    registered = [configured(generation, settings.kind(generations.KIND))]
+    if deliveries is not None:
+        webhook = deliveries.kind()
+        registered.append(configured(webhook, settings.kind(webhook.name)))
+    return registered
 
 
 def retained(settings: Settings) -> dict[str, Forget | None]:
     """What retention deletes with the finished jobs of kinds this worker does not run: the
     generations of the other providers, made before IMAGE_PROVIDER changed."""
     return {kind: generations.forget for kind in generations.KINDS}
+
+
+def webhook_deliveries(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    resolver: Resolver = resolve,
+    connector: httpcore.AsyncNetworkBackend | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Deliveries:
+    """The `webhook` kind's state: signing with the job's key's webhook secret or
+    WEBHOOK_SECRET, rendering generations with PUBLIC_BASE_URL's absolute URLs (image URLs
+    signed afresh at each attempt with AUTH=keys). Tests pass their own `resolver`,
+    `connector` and `ssl_context` (their CA)."""
+    secret = settings.webhook_secret
+    fallback = [] if secret is None else [webhook_key(secret.get_secret_value())]
+    base = None if settings.public_base_url is None else str(settings.public_base_url).rstrip("/")
+    configured = settings.image_url_secret
+    images = ImageSigner(
+        Lazy(
+            pool,
+            keys.IMAGE_URL_SECRET,
+            None if configured is None else configured.get_secret_value().encode(),
+        ),
+        settings.image_url_ttl,
+    )
+
+    async def render(conn: db.Executor, job_id: UUID, version: int) -> bytes | None:
+        if base is None:
+            raise Retry("PUBLIC_BASE_URL is not set on this worker: a delivery's URLs need it")
+        job = await generations.at_version(conn, job_id=job_id, version=version)
+        if job is None:
+            return None
+        signer = await images.signer() if settings.auth == "keys" else None
+        return job_json(job, base_url=base, signer=signer)
+
+    return Deliveries(
+        pool,
+        render=render,
+        keys=fallback,
+        timeout=settings.webhook_timeout,
+        allow_private=settings.webhook_allow_private,
+        resolver=resolver,
+        connector=connector,
+        ssl_context=ssl_context,
+    )
 
 
 def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
@@ -116,8 +176,9 @@ def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
 
 def pool_size(settings: Settings) -> int:
     """Connections a worker process may use: one per running generation (it stores its
-    images), plus outcomes, heartbeat and maintenance."""
-    return settings.worker_concurrency + 4
+    images), plus outcomes, heartbeat and maintenance, and a few for webhook deliveries (each
+    holds one only to read the job and record the attempt)."""
+    return settings.worker_concurrency + 8
 
 
 async def serve_worker(settings: Settings) -> None:
@@ -127,16 +188,20 @@ async def serve_worker(settings: Settings) -> None:
     pool = await db.create_pool(
         settings.database, size=pool_size(settings), application_name=db.WORKER_APPLICATION
     )
+    deliveries = webhook_deliveries(settings, pool)
     metrics = ProviderMetrics()
     try:
         async with http_client(settings) as client:
             await serve(
                 settings,
                 pool=pool,
-                registry=kinds(settings, pool, provider(settings, client), metrics),
+                registry=kinds(
+                    settings, pool, deliveries, image_provider=provider(settings, client), metrics=metrics
+                ),
                 rounds=rounds(settings, pool),
                 retained=retained(settings),
-                collectors=metrics.collectors,
+                collectors=[deliveries.metrics, *metrics.collectors],
             )
     finally:
+        await deliveries.close()
         await pool.close()

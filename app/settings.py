@@ -5,6 +5,8 @@ Entry points call `load()` once and pass the frozen result down.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -102,6 +104,9 @@ class Settings(BaseSettings):
     """With AUTH=keys, image URLs are signed and valid this long (and up to half as long again)."""
     image_url_secret: SecretStr | None = None
     """Signs image URLs; unset: a random one made once and kept in the database."""
+    stream_token_ttl: PositiveSeconds = 60.0
+    """With AUTH=keys, seconds a token from POST /generations/events/token opens the event
+    stream (EventSource cannot send a key)."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins (comma list, or `*`) whose web pages may call the API; none by default."""
 
@@ -161,6 +166,16 @@ class Settings(BaseSettings):
     """Finished jobs and their images are deleted this many days after they finished; 0 keeps
     them forever."""
     retention_batch_size: int = Field(500, ge=1, le=10_000)
+
+    webhook_secret: SecretStr | None = None
+    """`whsec_` and base64: the key that signs webhook deliveries (Standard Webhooks)."""
+    webhook_timeout: float = 10.0
+    """Seconds one webhook delivery may take, from connecting to the response's status."""
+    webhook_retry_schedule: str = "5s,1m,10m,1h,6h"
+    """Delays between a delivery's attempts (a comma list of durations); then it gives up."""
+    webhook_allow_private: bool = False
+    """Let webhooks call private, loopback and link-local addresses, and plain http (local
+    development only)."""
 
     @field_validator("database_url")
     @classmethod
@@ -247,6 +262,32 @@ class Settings(BaseSettings):
         rounds = -(-self.max_images_per_job * self.worker_concurrency // self.provider_max_concurrency)
         return rounds * self.image_provider_timeout + 60.0
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        webhook_key(value.get_secret_value())
+        return value
+
+    @field_validator("webhook_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        seconds = parse_duration(value) if isinstance(value, str) else value
+        if isinstance(seconds, int | float) and seconds <= 0:
+            raise ValueError("must be above 0")
+        return seconds
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        retry_delays(value)
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return retry_delays(self.webhook_retry_schedule)
+
     @field_validator("auth", mode="before")
     @classmethod
     def _lowercase_auth(cls, value: object) -> object:
@@ -284,26 +325,18 @@ class Settings(BaseSettings):
                 if backoff
                 else ("exponential", self.retry_base_delay, self.retry_max_delay),
             )
-        prefix = re.sub(r"\W", "_", name).upper()
-        found: dict[str, object] = {}
-        for field, parse, valid in (
-            ("slots", int, lambda value: 1 <= value <= 1000),
-            ("max_attempts", int, lambda value: 1 <= value <= 100),
-            ("timeout", parse_duration, lambda value: value > 0),
-            ("backoff", parse_backoff, lambda value: True),
-        ):
-            variable = f"{prefix}_{field.upper()}"
-            raw = os.environ.get(variable)
-            if raw is None:
-                continue
-            try:
-                value = parse(raw)
-            except ValueError as exc:
-                raise SettingError(variable, raw, str(exc)) from None
-            if not valid(value):
-                raise SettingError(variable, raw, "out of range")
-            found[field] = value
-        return KindSettings(**found)  # type: ignore[arg-type]
+        if name == "webhook":
+            # WEBHOOK_TIMEOUT is a delivery's HTTP timeout; an attempt also resolves the host
+            # and writes to the database. WEBHOOK_RETRY_SCHEDULE is the backoff.
+            own = _kind_variables(name, skip={"timeout"})
+            delays = self.webhook_retry_delays
+            return KindSettings(
+                slots=own.slots,
+                max_attempts=own.max_attempts or len(delays) + 1,
+                timeout=self.webhook_timeout + 5.0,
+                backoff=own.backoff or ("schedule", delays),
+            )
+        return _kind_variables(name)
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -324,6 +357,54 @@ def _comma_list(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _kind_variables(name: str, *, skip: frozenset[str] | set[str] = frozenset()) -> KindSettings:
+    """`<NAME>_SLOTS`, `<NAME>_MAX_ATTEMPTS`, `<NAME>_TIMEOUT` and `<NAME>_BACKOFF` (those not in
+    `skip`), each None when unset; SettingError names a bad one."""
+    prefix = re.sub(r"\W", "_", name).upper()
+    found: dict[str, object] = {}
+    for field, parse, valid in (
+        ("slots", int, lambda value: 1 <= value <= 1000),
+        ("max_attempts", int, lambda value: 1 <= value <= 100),
+        ("timeout", parse_duration, lambda value: value > 0),
+        ("backoff", parse_backoff, lambda value: True),
+    ):
+        if field in skip:
+            continue
+        variable = f"{prefix}_{field.upper()}"
+        raw = os.environ.get(variable)
+        if raw is None:
+            continue
+        try:
+            value = parse(raw)
+        except ValueError as exc:
+            raise SettingError(variable, raw, str(exc)) from None
+        if not valid(value):
+            raise SettingError(variable, raw, "out of range")
+        found[field] = value
+    return KindSettings(**found)  # type: ignore[arg-type]
+
+
+def retry_delays(text: str) -> tuple[float, ...]:
+    """`5s,1m,10m`: the delays before each retry, in turn (at least one)."""
+    delays = tuple(parse_duration(part) for part in text.split(","))
+    if not delays:
+        raise ValueError("needs at least one delay")
+    return delays
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_…` secret: the base64 after the prefix (Standard Webhooks)."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("must start with whsec_ (then base64, as Standard Webhooks secrets do)")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not base64") from None
+    if len(key) < 16:
+        raise ValueError("the key must be at least 16 bytes")
+    return key
 
 
 def is_loopback(host: str) -> bool:

@@ -54,7 +54,9 @@ CREATE UNLOGGED TABLE key_buckets (
 COMMENT ON TABLE key_buckets IS 'Each key''s token bucket, shared by every server process (they take tokens from it in small batches); unlogged: emptied by a crash, refilled at the next request';
 COMMENT ON COLUMN key_buckets.tokens IS 'Tokens left at refilled_at; refilled at keys.rate per second up to keys.burst when next taken';
 
-ALTER TABLE generations ADD COLUMN owner_key bigint REFERENCES keys (id);
+-- No foreign key: keys are revoked, never deleted, and its check would lock the key's row
+-- (FOR KEY SHARE) for every job created, shared by all the key's concurrent requests.
+ALTER TABLE generations ADD COLUMN owner_key bigint;
 CREATE INDEX generations_owner_idx ON generations (owner_key, created_at DESC, job_id DESC)
     WHERE owner_key IS NOT NULL;
 COMMENT ON COLUMN generations.owner_key IS 'The key that created it (keys.id); NULL: made without a key, only admin keys see it';

@@ -17,10 +17,11 @@ SELECT value FROM server_secrets WHERE name = $1;
 -- name: key_create
 -- Records a new key and fills its token bucket. Returns its id; a unique violation when a
 -- live key has this name.
--- $1 name, $2 prefix, $3 hash, $4 admin, $5 rate, $6 burst, $7 max_pending (or NULL)
+-- $1 name, $2 prefix, $3 hash, $4 admin, $5 rate, $6 burst, $7 max_pending (or NULL),
+-- $8 webhook secret (its key bytes, or NULL)
 WITH made AS (
-    INSERT INTO keys (name, prefix, hash, admin, rate, burst, max_pending)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO keys (name, prefix, hash, admin, rate, burst, max_pending, webhook_secret)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     RETURNING id, burst
 ), bucket AS (
     INSERT INTO key_buckets (key_id, tokens) SELECT id, burst FROM made
@@ -43,14 +44,20 @@ UPDATE keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURN
 -- at most once a minute (so that most lookups write nothing).
 -- $1 hash
 WITH found AS (
-    SELECT id, name, prefix, admin, rate, burst, max_pending, last_used_at
+    SELECT id, name, prefix, admin, rate, burst, max_pending, last_used_at,
+           webhook_secret IS NOT NULL AS signs_webhooks
     FROM keys WHERE hash = $1 AND revoked_at IS NULL
 ), touched AS (
     UPDATE keys k SET last_used_at = now()
     FROM found f
     WHERE k.id = f.id AND (f.last_used_at IS NULL OR f.last_used_at < now() - interval '1 minute')
 )
-SELECT id, name, prefix, admin, rate, burst, max_pending FROM found;
+SELECT id, name, prefix, admin, rate, burst, max_pending, signs_webhooks FROM found;
+
+-- name: key_live
+-- The live key with id $1 (a stream token names its key by id); no row when revoked or unknown.
+-- $1 key id
+SELECT id, name, prefix, admin, rate, burst, max_pending FROM keys WHERE id = $1 AND revoked_at IS NULL;
 
 -- name: key_take_tokens
 -- Refills key $1's bucket for the time since it was last refilled (at keys.rate per second,
@@ -90,3 +97,15 @@ SELECT count(*) FROM (
     WHERE g.owner_key = $1 AND q.worker_id IS NULL
     LIMIT $2
 ) waiting;
+
+-- name: key_webhook_secret_rotate
+-- Gives the live key named $1 a new webhook secret $2; the one it had keeps signing for $3
+-- seconds. Returns the key's id; no row when no live key has that name.
+-- $1 name, $2 new secret (its key bytes), $3 overlap in seconds
+UPDATE keys
+SET old_webhook_secret = webhook_secret,
+    old_webhook_secret_until = CASE WHEN webhook_secret IS NULL THEN NULL
+                                    ELSE now() + make_interval(secs => $3) END,
+    webhook_secret = $2
+WHERE name = $1 AND revoked_at IS NULL
+RETURNING id;

@@ -33,7 +33,16 @@ from tests.support import api_client, insert_generations
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
 JOB_FIELDS = {"jobId", "status", "numImages", "animal", "imageUrls", "createdAt", "updatedAt", "error"}
-EXTRA_JOB_FIELDS = {"attempts", "startedAt", "finishedAt", "prompt", "provider", "model"}
+EXTRA_JOB_FIELDS = {
+    "attempts",
+    "startedAt",
+    "finishedAt",
+    "webhook",
+    "webhookEvents",
+    "prompt",
+    "provider",
+    "model",
+}
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')

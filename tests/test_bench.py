@@ -172,3 +172,22 @@ def test_the_providers_measure_stores_every_image_on_both_sides(admin_url: str) 
     for side in ("local", "openai"):
         assert result[side]["images"] == 12 and result[side]["images_per_s"] > 0, result
     assert result["openai_over_local"] > 0
+
+
+def test_the_webhook_benchmark_delivers_every_change(admin_url):
+    """bench/webhooks.py --quick: every status change it commits reaches its receiver through
+    a real worker process, in both phases, with a pickup figure under the loose ceiling."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "webhooks.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    phases = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(phases) == 2
+    for phase in phases.values():
+        assert phase["delivered"] == phase["changes"] > 0, phase
+        assert phase["p99_ms"] < MAX_PICKUP_P99_MS, phase

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
 
+from app import keys
 from app.images import generations
 from app.images.animals import ANIMALS
 from app.images.providers.render import render_png
@@ -72,7 +73,9 @@ def service_factory(database_url, spawn) -> Callable[..., Awaitable[Service]]:
     """Start a server and a worker on the test's database, with images taking `delay`
     seconds each (a worker only when `worker` is true, running `slots` jobs at once)."""
 
-    async def start(*, delay: float = 0.4, worker: bool = True, slots: int = 4) -> Service:
+    async def start(
+        *, delay: float = 0.4, worker: bool = True, slots: int = 4, env: dict[str, str] | None = None
+    ) -> Service:
         port = free_port()
         env = {
             "DATABASE_URL": database_url,
@@ -83,6 +86,7 @@ def service_factory(database_url, spawn) -> Callable[..., Awaitable[Service]]:
             "SSE_HEARTBEAT": "1",
             "DB_POOL_SIZE": "5",
             "WORKER_CONCURRENCY": str(slots),
+            **(env or {}),
         }
         service = Service(f"http://127.0.0.1:{port}", env, spawn)
         if worker:
@@ -122,7 +126,7 @@ async def open_page(browser) -> AsyncIterator[Callable[..., Awaitable[Watched]]]
     recording its requests and console errors."""
     contexts = []
 
-    async def open_(service: Service, viewport: dict[str, int] = WIDE) -> Watched:
+    async def open_(service: Service, viewport: dict[str, int] = WIDE, *, live: bool = True) -> Watched:
         context = await browser.new_context(viewport=viewport)
         contexts.append(context)
         page = await context.new_page()
@@ -139,7 +143,8 @@ async def open_page(browser) -> AsyncIterator[Callable[..., Awaitable[Watched]]]
         page.on("pageerror", lambda error: watched.errors.append(f"uncaught: {error}"))
         page.on("request", on_request)
         await page.goto(service.base + "/")
-        await expect(page.get_by_test_id("connection")).to_have_text("Live")
+        if live:
+            await expect(page.get_by_test_id("connection")).to_have_text("Live")
         return watched
 
     yield open_
@@ -482,3 +487,54 @@ async def test_the_first_screen_with_500_jobs_in_the_database(service_factory, o
     with capsys.disabled():
         print(f"\n{report}")
     watched.assert_clean()
+
+
+async def test_with_keys_the_page_asks_for_one_keeps_it_and_renews_its_stream_token(
+    service_factory, open_page, pool
+):
+    """With AUTH=keys: the page asks for a key before anything else; with it, a job asked for
+    completes live and its (signed) images load; the queue strip, admin-only, is hidden for
+    this key. After the server was down longer than a stream token lives, EventSource's own
+    reconnection is refused (401) and the page reconnects with a fresh token, showing the jobs
+    finished meanwhile. A reload keeps the key (the tab's session storage)."""
+    service = await service_factory(delay=0.2, env={"AUTH": "keys", "STREAM_TOKEN_TTL": "1"})
+    alice, record = await keys.create(
+        pool, name="alice", admin=False, rate=1000, burst=1000, max_pending=None
+    )
+    watched = await open_page(service, live=False)
+    page = watched.page
+    await expect(page.get_by_test_id("key-form")).to_be_visible()
+    await expect(page.get_by_test_id("new-job-form")).to_be_hidden()
+    await screenshot(page, "key-1440")
+    await page.get_by_test_id("key").fill(alice)
+    await page.get_by_test_id("key").press("Enter")
+    await expect(page.get_by_test_id("connection")).to_have_text("Live")
+    await expect(page.get_by_test_id("key-form")).to_be_hidden()
+    await page.evaluate(RECORD_STATUSES)
+    job_id = await new_job_from_form(page, 2)
+    await expect(card(page, job_id)).to_have_attribute("data-status", "completed")
+    await page.wait_for_function(
+        """(id) => [...document.querySelectorAll(`[data-job-id="${id}"] [data-testid="job-image"]`)]
+                     .filter((img) => img.complete && img.naturalWidth > 0).length === 2""",
+        arg=job_id,
+    )
+    await expect(page.locator(".queue")).to_be_hidden()
+    service.kill_server()
+    await expect(page.get_by_test_id("connection")).to_contain_text("Lost the stream")
+    # While the server is down, alice's job is made in the database; the worker finishes it.
+    [later] = await generations.create_many(pool, [generations.Request(1, "owl", 3, owner=record.id)])
+    await asyncio.sleep(1.5)  # the page's stream token expires
+    before_restart = len(watched.requests)
+    await service.start_server()
+    await expect(page.get_by_test_id("connection")).to_have_text("Live")
+    tokens = [url for url in watched.requests[before_restart:] if url.endswith("/generations/events/token")]
+    assert tokens, "the page did not ask for a fresh stream token"
+    await expect(card(page, str(later.id))).to_have_attribute("data-status", "completed")
+    assert await page.evaluate("window.notReloaded") is True
+    await page.reload()
+    await expect(page.get_by_test_id("connection")).to_have_text("Live")
+    await expect(page.get_by_test_id("key-form")).to_be_hidden()
+    await expect(card(page, job_id)).to_have_attribute("data-status", "completed")
+    # The browser reports the outage, the refused reconnection with the expired token (401)
+    # and the queue strip's refusal (403, admin-only); nothing else.
+    watched.assert_clean(allowed=lambda text: "Failed to load resource" in text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID
@@ -12,6 +13,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from app import keys
 from app.api import auth
@@ -251,7 +253,7 @@ async def test_keys_are_stored_only_as_keyed_hashes(pool: asyncpg.Pool, make_key
     assert row["prefix"] == token[:12]
     assert token.encode() not in bytes(row["hash"])
     secret = await keys.server_secret(pool, keys.KEY_HASH_SECRET)
-    assert bytes(row["hash"]) == keys.key_hash(secret, token)
+    assert bytes(row["hash"]) == hmac.digest(secret, token.encode(), "sha256")
 
 
 async def test_key_usage_counts_each_keys_jobs_by_status(
@@ -405,7 +407,7 @@ async def test_an_expired_or_altered_signature_is_not_found(
     path1 = urls[1].split("?")[0]
     secret = await keys.server_secret(pool, keys.IMAGE_URL_SECRET)
     past = int(time.time()) - 10
-    expired = path0 + auth.Signing(secret, past)(path0)
+    expired = path0 + auth.Signing(keys.KeyedHash(secret), past)(path0)
     signature = query0.split("sig=")[1]
     flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
     other_job = await create(keyed, world["tokens"]["other"])
@@ -653,3 +655,29 @@ async def test_keys_appear_in_logs_and_metrics_only_as_their_prefix(
     assert [getattr(record, "key", None) for record in records] == [token[:12], unknown[:12], "(not a key)"]
     for text in (caplog.text, refused.text, metrics):
         assert token not in text and unknown not in text and "not-a-key-at-all" not in text
+
+
+async def test_image_urls_are_signed_with_image_url_secret_when_it_is_set(
+    keyed_settings: Settings, pool: asyncpg.Pool, make_key: MakeKey
+) -> None:
+    """With IMAGE_URL_SECRET set, every server signs with it (no secret is made in the
+    database), so servers configured alike accept each other's URLs."""
+    configured = keyed_settings.model_copy(update={"image_url_secret": SecretStr("shared-by-every-server")})
+    token = await make_key("signer")
+    async with api_client(configured) as http:
+        job = await create(http, token)
+        await store_png(pool, job["jobId"], 0)
+        [url] = (await http.get(f"/generations/{job['jobId']}", headers=bearer(token))).json()["imageUrls"]
+    path = f"/images/{job['jobId']}/0.png"
+    assert url.endswith(path + auth.Signing(keys.KeyedHash(b"shared-by-every-server"), expiry_of(url))(path))
+    assert await pool.fetchval("SELECT count(*) FROM server_secrets WHERE name = 'image_url'") == 0
+    async with api_client(configured) as other_server:
+        assert (await other_server.get(url.removeprefix("http://menagerie.test"))).status_code == 200
+
+
+@pytest.mark.parametrize("secret", [b"", b"k" * 32, b"k" * 64, b"k" * 65, bytes(range(200))])
+def test_keyed_hash_is_hmac_sha256(secret: bytes) -> None:
+    """KeyedHash, the precomputed HMAC the server uses, gives exactly HMAC-SHA256 (RFC 2104)
+    for secrets shorter than, as long as, and longer than a block."""
+    for message in (b"", b"mng_" + b"a" * 43, b"x" * 1000):
+        assert keys.KeyedHash(secret)(message) == hmac.digest(secret, message, "sha256")

@@ -46,6 +46,7 @@ NO_EXAMPLE = {
     "If-None-Match",
     "Last-Event-ID",
     "lastEventId",
+    "token",
     "cursor",
     "expires",
     "sig",

@@ -61,7 +61,7 @@ async def service(
     metrics = ProviderMetrics()
     async with registry.http_client(worker_settings) as client:
         provider = registry.provider(worker_settings, client)
-        await start_worker(*registry.kinds(worker_settings, pool, provider, metrics))
+        await start_worker(*registry.kinds(worker_settings, pool, image_provider=provider, metrics=metrics))
         async with api_client(settings) as http:
             yield http, metrics
 

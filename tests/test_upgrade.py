@@ -27,6 +27,7 @@ def apply(url: str, *, up_to: str | None = None, rollback: str | None = None) ->
         with backend.lock():
             if rollback is not None:
                 backend.rollback_migrations(
+                    # that migration and every later one, which may depend on it
                     backend.to_rollback(migrations.filter(lambda m: m.id >= rollback))
                 )
                 return
@@ -71,6 +72,8 @@ def expected_json(row: asyncpg.Record, indexes: list[int]) -> dict:
         "prompt": None,
         "provider": "local",
         "model": None,
+        "webhook": None,
+        "webhookEvents": None,
     }
 
 

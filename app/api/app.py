@@ -45,16 +45,19 @@ from app.api.auth import AuthMiddleware
 from app.api.headers import SecurityHeadersMiddleware
 from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
 from app.api.models import (
+    DEFAULT_WEBHOOK_EVENTS,
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT_SECONDS,
     GenerationRequest,
     ListQuery,
     Signer,
+    WebhookPolicy,
     history_json,
     job_json,
     jobs_json,
     queue_json,
+    webhook_attempts_json,
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
@@ -68,6 +71,7 @@ from app.migrate import migration_ids
 from app.queue import overview
 from app.queue.kinds import Status
 from app.settings import Settings
+from app.webhooks import delivery
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
+    webhook_max_attempts: int
     auth: auth.Auth | None
 
 
@@ -184,7 +189,13 @@ async def create_generation(request: Request) -> Response:
     settings: Settings = state.settings
     data = await read_json_object(request)
     try:
-        wanted = GenerationRequest.model_validate(data, context={"max_images": settings.max_images_per_job})
+        wanted = GenerationRequest.model_validate(
+            data,
+            context={
+                "max_images": settings.max_images_per_job,
+                "webhooks": webhook_policy(settings, auth.caller(request.scope)),
+            },
+        )
     except ValidationError as exc:
         raise validation_problem(exc, where="body") from None
     key = header(request, b"idempotency-key")
@@ -193,13 +204,21 @@ async def create_generation(request: Request) -> Response:
     owner = auth.caller(request.scope)
     fingerprint, replay = "", None
     if key is not None:
-        fingerprint = hashlib.sha256(wanted.model_dump_json(by_alias=True).encode()).hexdigest()
+        fingerprint = hashlib.sha256(
+            # Without a webhook, the body's fingerprint is what it was before webhooks existed.
+            wanted.model_dump_json(
+                by_alias=True, exclude=set() if wanted.webhook else {"webhook", "webhook_events"}
+            ).encode()
+        ).hexdigest()
         replay = await known_job(state.pool, key=key, fingerprint=fingerprint, owner=owner)
     animal = wanted.animal or random.choice(ANIMALS)
     spec = GenerationSpec(
         num_images=wanted.num_images,
         animal=animal,
         max_attempts=settings.job_max_attempts,
+        webhook=wanted.webhook,
+        webhook_events=tuple(wanted.webhook_events or DEFAULT_WEBHOOK_EVENTS),
+        webhook_max_attempts=state.webhook_max_attempts,
         owner=None if owner is None else owner.id,
         prompt=settings.prompt(animal),
         provider=settings.image_provider,
@@ -342,6 +361,17 @@ async def all_events(request: Request) -> Response:
     event id."""
     state = request.state
     root = base_url(request)
+    keyed: auth.Auth | None = state.auth
+    viewer = auth.viewer(request.scope)
+    if keyed is not None and auth.caller(request.scope) is None:  # no key: a stream token
+        key = await keyed.stream_key(request.query_params.get("token", ""))
+        if key is None:
+            raise Problem(
+                401,
+                "the stream token is not valid or has expired: ask for a new one",
+                type="/problems/unauthorized",
+            )
+        viewer = key.viewer
 
     def render(job: Generation, signer: Signer | None) -> str:
         return job_json(job, base_url=root, signer=signer).decode()
@@ -351,7 +381,7 @@ async def all_events(request: Request) -> Response:
         state.watch,
         after=requested_position(request),
         heartbeat=state.settings.sse_heartbeat,
-        viewer=auth.viewer(request.scope),
+        viewer=viewer,
         render=render,
         signer=lambda: image_signer(request),
     )
@@ -361,6 +391,17 @@ async def all_events(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@documented(docs.STREAM_TOKEN)
+async def stream_token(request: Request) -> Response:
+    """A short-lived token that opens GET /generations/events for the caller's key."""
+    keyed: auth.Auth | None = request.state.auth
+    key = auth.caller(request.scope)
+    if keyed is None or key is None:
+        raise Problem(404, "no token is needed: this server asks for no key (AUTH=none)")
+    token = await keyed.streams.issue(key)
+    return JSONResponse({"token": token, "expiresIn": int(keyed.streams.ttl)})
 
 
 @documented(docs.JOB_HISTORY)
@@ -458,6 +499,18 @@ async def cancel_generation(request: Request) -> Response:
     return job_response(request, job, signer=await image_signer(request))
 
 
+@documented(docs.LIST_WEBHOOK_ATTEMPTS)
+async def list_webhook_attempts(request: Request) -> Response:
+    """Every attempt to deliver the job's webhooks, oldest first; to the job's owner only."""
+    pool = request.state.pool
+    job_id = parse_job_id(request)
+    job = await generations.get(pool, job_id=job_id, viewer=auth.viewer(request.scope))
+    if job is None:
+        raise problems.no_such_job()
+    attempts = await delivery.attempts(pool, job_id=job_id)
+    return Response(webhook_attempts_json(attempts), media_type="application/json")
+
+
 @documented(docs.LIST_ANIMALS)
 async def list_animals(request: Request) -> Response:
     return JSONResponse(list(ANIMALS))
@@ -507,6 +560,22 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+def webhook_policy(settings: Settings, caller: keys.Key | None) -> WebhookPolicy:
+    """What this server accepts of webhooks from `caller` (None: AUTH=none): none without
+    PUBLIC_BASE_URL (a worker builds a delivery's URLs from it) or a secret to sign them with
+    (the key's own webhook secret, else WEBHOOK_SECRET)."""
+    unavailable = None
+    if settings.public_base_url is None:
+        unavailable = "webhooks need PUBLIC_BASE_URL set on the server: deliveries carry absolute URLs"
+    elif settings.webhook_secret is None and not (caller is not None and caller.signs_webhooks):
+        unavailable = (
+            "webhooks need WEBHOOK_SECRET set on the server: deliveries are signed with it"
+            if caller is None
+            else "this key has no webhook secret: `menagerie keys rotate-webhook-secret NAME` makes one"
+        )
+    return WebhookPolicy(unavailable=unavailable, allow_private=settings.webhook_allow_private)
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = ServerMetrics()
 
@@ -528,6 +597,7 @@ def create_app(settings: Settings) -> Starlette:
                 ),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
+                "webhook_max_attempts": settings.kind(delivery.KIND).max_attempts or 1,
                 "auth": None
                 if settings.auth == "none"
                 else auth.Auth(
@@ -536,6 +606,7 @@ def create_app(settings: Settings) -> Starlette:
                     image_url_secret=None
                     if settings.image_url_secret is None
                     else settings.image_url_secret.get_secret_value().encode(),
+                    stream_token_ttl=settings.stream_token_ttl,
                 ),
             }
         finally:
@@ -548,9 +619,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
         Route("/generations/events", all_events, methods=["GET"]),
+        Route("/generations/events/token", stream_token, methods=["POST"]),
         Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
+        Route("/generations/{job_id}/webhooks", list_webhook_attempts, methods=["GET"]),
         Route("/generations/{job_id}/history", job_history, methods=["GET"]),
         Route("/images/{job_id}/{name}", get_image, methods=["GET"]),
         Route("/animals", list_animals, methods=["GET"]),
@@ -581,6 +654,7 @@ def create_app(settings: Settings) -> Starlette:
             version=version("menagerie"),
             description=API_DESCRIPTION,
             max_images=settings.max_images_per_job,
+            webhooks={"jobChanged": docs.WEBHOOK_DELIVERY},
             keyed=settings.auth == "keys",
         )
     ).body

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
 import hmac
 import logging
 import math
@@ -36,13 +36,16 @@ BATCH_SECONDS = 0.05
 """A process takes the tokens of this much of a key's rate from the shared bucket at once."""
 HOLD_SECONDS = 1.0
 """Tokens a process took but did not use within this long are dropped (never used late)."""
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
+"""Besides these, /docs/… and /static/… (the docs page's and the dashboard's files): the
+dashboard itself asks for a key, and keeps it in the tab."""
+STREAM_PATH = "/generations/events"
 
 KEY_ATTRIBUTE = "menagerie.key"
 
 
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith("/docs/")
+    return path in PUBLIC_PATHS or path.startswith(("/docs/", "/static/"))
 
 
 def caller(scope: Scope) -> Key | None:
@@ -70,19 +73,19 @@ def unauthorized() -> Problem:
 
 class Lazy:
     """A shared secret read (or made) in the database at its first use, not at start: the
-    server starts while PostgreSQL is down."""
+    server starts while PostgreSQL is down. Kept as its HMAC-SHA256 (keys.KeyedHash)."""
 
     def __init__(self, pool: asyncpg.Pool, name: str, configured: bytes | None = None) -> None:
         self._pool = pool
         self._name = name
-        self.value = configured
+        self.value = None if configured is None else keys.KeyedHash(configured)
         self._lock = asyncio.Lock()
 
-    async def get(self) -> bytes:
+    async def get(self) -> keys.KeyedHash:
         if self.value is None:
             async with self._lock:
                 if self.value is None:
-                    self.value = await keys.server_secret(self._pool, self._name)
+                    self.value = keys.KeyedHash(await keys.server_secret(self._pool, self._name))
         return self.value
 
 
@@ -219,17 +222,23 @@ class Limiter:
 
     @staticmethod
     def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
-        window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
         remaining = max(0, held.tokens + math.floor(held.left))
         reset = math.ceil(max(0.0, key.burst - remaining) / key.rate)
         headers = [
-            (b"ratelimit-policy", f'"key";q={max(1, round(key.rate * window))};w={window}'.encode()),
+            (b"ratelimit-policy", policy(key)),
             (b"ratelimit", f'"key";r={remaining};t={reset}'.encode()),
         ]
         if allowed:
             return Verdict(True, headers)
         retry_after = max(1, math.ceil(held.denied_until - now))
         return Verdict(False, headers, retry_after)
+
+
+@functools.lru_cache(maxsize=4096)
+def policy(key: Key) -> bytes:
+    """RateLimit-Policy: the key's rate as q requests per w seconds (w=1 from 1/s up)."""
+    window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
+    return f'"key";q={max(1, round(key.rate * window))};w={window}'.encode()
 
 
 class ImageSigner:
@@ -259,25 +268,79 @@ class ImageSigner:
 class Signing:
     """Signs paths until one expiry (the Signer that job_json takes)."""
 
-    secret: bytes
+    secret: keys.KeyedHash
     expires: int
 
     def __call__(self, path: str) -> str:
         return f"?expires={self.expires}&sig={_signature(self.secret, path, self.expires).decode()}"
 
 
-def _signature(secret: bytes, path: str, expires: int) -> bytes:
-    digest = hmac.new(secret, f"{expires}:{path}".encode(), hashlib.sha256).digest()[:16]
+def _signature(secret: keys.KeyedHash, path: str, expires: int) -> bytes:
+    digest = secret(f"{expires}:{path}".encode())[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+class StreamTokens:
+    """Short-lived signed tokens that open GET /generations/events for one key.
+
+    A browser's EventSource cannot send an Authorization header. A page asks for a token with
+    its key (POST /generations/events/token) and opens the stream with `?token=`. A token
+    names its key and an expiry, signed with a server secret: nothing is stored, and a leaked
+    URL (proxy logs, history) is worthless after `ttl` seconds. A stream already open stays
+    open; EventSource's own reconnection with an expired token gets a 401, after which the
+    page asks for a fresh token. A cookie set by a login endpoint would make every endpoint
+    answer to an ambient credential, and need CSRF defences the API has no use for."""
+
+    def __init__(self, secret: Lazy, ttl: float) -> None:
+        self._secret = secret
+        self.ttl = ttl
+
+    async def issue(self, key: Key, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + self.ttl)
+        payload = f"{key.id}.{expires}"
+        return f"{payload}.{_stream_signature(await self._secret.get(), payload).decode()}"
+
+    async def key_id(self, token: str) -> int | None:
+        """The id of the key a token was issued to, if it is genuine and has not expired."""
+        key_id, _, rest = token.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not (key_id.isdigit() and expires.isdigit() and len(key_id) <= 18 and len(expires) <= 12):
+            return None
+        if int(expires) <= time.time():
+            return None
+        wanted = _stream_signature(await self._secret.get(), f"{key_id}.{expires}")
+        if not hmac.compare_digest(wanted, signature.encode("ascii", "replace")):
+            return None
+        return int(key_id)
+
+
+def _stream_signature(secret: keys.KeyedHash, payload: str) -> bytes:
+    digest = secret(f"stream:{payload}".encode())[:16]  # HMAC-SHA256 under the secret
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
 class Auth:
-    """What AUTH=keys needs in one server process: the key cache, the limiter, the signer."""
+    """What AUTH=keys needs in one server process: the key cache, the limiter, the signers."""
 
-    def __init__(self, pool: asyncpg.Pool, *, image_url_ttl: float, image_url_secret: bytes | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        image_url_ttl: float,
+        image_url_secret: bytes | None,
+        stream_token_ttl: float = 60.0,
+    ) -> None:
+        self.pool = pool
         self.keys = KeyCache(pool)
         self.limiter = Limiter(pool)
         self.images = ImageSigner(Lazy(pool, keys.IMAGE_URL_SECRET, image_url_secret), image_url_ttl)
+        self.streams = StreamTokens(Lazy(pool, keys.STREAM_TOKEN_SECRET), stream_token_ttl)
+
+    async def stream_key(self, token: str) -> Key | None:
+        """The live key a stream token was issued to; None for a bad or expired token, or a
+        key revoked since."""
+        key_id = await self.streams.key_id(token)
+        return None if key_id is None else await keys.live(self.pool, key_id=key_id)
 
 
 def bearer(authorization: str | None) -> str:
@@ -308,6 +371,9 @@ class AuthMiddleware:
             and b"sig=" in scope["query_string"]
         ):
             await self.app(scope, receive, send)  # a signed URL: the endpoint checks it
+            return
+        if authorization is None and scope["path"] == STREAM_PATH and b"token=" in scope["query_string"]:
+            await self.app(scope, receive, send)  # a stream token: the endpoint checks it
             return
         token = bearer(authorization)
         try:

@@ -4,6 +4,7 @@ with an example. Attached to the endpoints in app/api.py with `@documented(...)`
 from __future__ import annotations
 
 from app.api.models import (
+    EXAMPLE_DELIVERY,
     EXAMPLE_JOB,
     EXAMPLE_QUEUE,
     MAX_BODY_BYTES,
@@ -14,6 +15,8 @@ from app.api.models import (
     ListQuery,
     MomentOut,
     QueueOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
 )
 from app.api.openapi import Header, Operation, Param, Reply
 from app.queue.kinds import Status as JobStatus
@@ -329,6 +332,12 @@ ALL_EVENTS = Operation(
             "The same, for a client that cannot send headers (a new EventSource); the header wins",
             {"type": "string", "pattern": "^[0-9]{1,18}$"},
         ),
+        Param(
+            "token",
+            "query",
+            "With AUTH=keys, instead of an Authorization header: a token from POST /generations/events/token",
+            {"type": "string"},
+        ),
     ),
     replies={
         200: Reply(
@@ -368,6 +377,35 @@ ALL_EVENTS = Operation(
         422: Reply(
             "The event id is not one this service issued",
             problems={"/problems/validation-error": "Last-Event-ID: not an event id this service issued"},
+        ),
+        503: UNAVAILABLE,
+    },
+)
+
+STREAM_TOKEN = Operation(
+    summary="A token to open the event stream",
+    description=(
+        "With AUTH=keys: a token, valid `expiresIn` seconds (STREAM_TOKEN_TTL), that opens "
+        "`GET /generations/events?token=…` for this key, since a browser's EventSource cannot "
+        "send an Authorization header. A stream opened with it stays open after it expires; "
+        "a reconnection after that needs a new token. With AUTH=none there is nothing to "
+        "issue (404)."
+    ),
+    replies={
+        200: Reply(
+            "The token",
+            content={
+                "application/json": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string"}, "expiresIn": {"type": "integer"}},
+                    "required": ["token", "expiresIn"],
+                }
+            },
+            example={"token": "7.1796035460.kq3Z0nF8m1VY2x5yR0cT1Q", "expiresIn": 60},
+        ),
+        404: Reply(
+            "The server asks for no key (AUTH=none)",
+            problems={"about:blank": "no token is needed: this server asks for no key (AUTH=none)"},
         ),
         503: UNAVAILABLE,
     },
@@ -445,6 +483,51 @@ GET_IMAGE = Operation(
     },
 )
 
+LIST_WEBHOOK_ATTEMPTS = Operation(
+    summary="List a job's webhook delivery attempts",
+    description=(
+        "Every attempt to deliver the job's webhooks, oldest first: its `webhookId` (the same "
+        "on every retry of one delivery), event, sequence number, outcome, the receiver's "
+        "status or the error, and how long it took. Empty for a job without a webhook, or "
+        "before the first attempt."
+    ),
+    params=(JOB_ID,),
+    replies={
+        200: Reply(
+            "The attempts",
+            model=WebhookAttemptOut,
+            many=True,
+            example=[
+                {
+                    "webhookId": "msg_2b7f4c1e9a0d4e6f8b3c5d7e9f1a2b3c",
+                    "event": "completed",
+                    "sequence": 1,
+                    "attempt": 1,
+                    "at": "2026-11-27T10:30:04.460000+00:00",
+                    "outcome": "retrying",
+                    "statusCode": 500,
+                    "error": "the receiver answered 500",
+                    "latencyMs": 12.5,
+                },
+                {
+                    "webhookId": "msg_2b7f4c1e9a0d4e6f8b3c5d7e9f1a2b3c",
+                    "event": "completed",
+                    "sequence": 1,
+                    "attempt": 2,
+                    "at": "2026-11-27T10:30:09.480000+00:00",
+                    "outcome": "delivered",
+                    "statusCode": 200,
+                    "error": None,
+                    "latencyMs": 8.1,
+                },
+            ],
+            headers={"X-Request-ID": REQUEST_ID},
+        ),
+        404: NOT_FOUND,
+        503: UNAVAILABLE,
+    },
+)
+
 LIST_ANIMALS = Operation(
     summary="The animal catalogue",
     tag="catalogue",
@@ -501,5 +584,60 @@ METRICS = Operation(
             content={"text/plain": {"type": "string"}},
             example='menagerie_queue_jobs{status="pending"} 3.0\n',
         )
+    },
+)
+
+WEBHOOK_DELIVERY = Operation(
+    summary="A job changed (sent to the job's webhook)",
+    tag="webhooks",
+    public=True,  # a request menagerie makes: no API key; the signature is its proof
+    description=(
+        "POSTed to the `webhook` a job was created with, for each change it asked for in "
+        "`webhookEvents`: the job as it was right after the change, with `event` and a per-job "
+        "`sequence` number. Signed per Standard Webhooks (https://www.standardwebhooks.com/): "
+        "`webhook-signature` holds `v1,` and the base64 HMAC-SHA256 of "
+        "`{webhook-id}.{webhook-timestamp}.{body}`, keyed with the base64-decoded part of the "
+        "secret after `whsec_`: the webhook secret of the job's API key (`menagerie keys "
+        "create`), else the server's WEBHOOK_SECRET (several space-separated signatures while "
+        "a secret is rotated: accept the request when any matches). Verify with a Standard Webhooks library, reject "
+        "timestamps more than 5 minutes off, and deduplicate on `webhook-id`: a delivery is "
+        "sent at least once, and may arrive out of order. Answer 2xx within WEBHOOK_TIMEOUT "
+        "(10 s) to acknowledge; 410 Gone to stop that delivery; anything else, or no answer, "
+        "is retried on WEBHOOK_RETRY_SCHEDULE (5 s, 1 min, 10 min, 1 h, 6 h), then given up. "
+        "Redirects are not followed."
+    ),
+    params=(
+        Param(
+            "webhook-id",
+            "header",
+            "The delivery's id: the same on every retry of it, distinct between deliveries",
+            {"type": "string"},
+            "msg_2b7f4c1e9a0d4e6f8b3c5d7e9f1a2b3c",
+            required=True,
+        ),
+        Param(
+            "webhook-timestamp",
+            "header",
+            "When this attempt was signed, Unix seconds",
+            {"type": "string", "pattern": "^[0-9]+$"},
+            "1795775404",
+            required=True,
+        ),
+        Param(
+            "webhook-signature",
+            "header",
+            "`v1,` and the base64 signature; space-separated when several secrets sign",
+            {"type": "string"},
+            "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+            required=True,
+        ),
+    ),
+    body=WebhookDeliveryOut,
+    body_examples={"a job completed": EXAMPLE_DELIVERY},
+    replies={
+        200: Reply("Any 2xx: delivered", content={"text/plain": {"type": "string"}}, example="ok"),
+        410: Reply(
+            "Gone: this delivery is not retried", content={"text/plain": {"type": "string"}}, example="gone"
+        ),
     },
 )

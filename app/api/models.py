@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json as _json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -23,6 +24,7 @@ from app.images.generations import Generation, Moment
 from app.images.stores import EXTENSIONS
 from app.queue.kinds import Status as JobStatus
 from app.queue.overview import Overview
+from app.webhooks.guard import MAX_URL_LENGTH, check_url
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
 
@@ -35,10 +37,16 @@ MAX_IDEMPOTENCY_KEY = 255
 """The longest Idempotency-Key accepted (and the shortest is one character)."""
 
 
+WebhookEvent = Literal["start", "image", "completed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("start", "image", "completed")
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
+
+
 class GenerationRequest(BaseModel):
     """Body of `POST /generations`. Strict: `"3"`, `3.5`, `true` and `null` are not counts."""
 
-    # Validate with context={"max_images": N} to apply the configured maximum.
+    # Validate with context={"max_images": N, "webhooks": WebhookPolicy(...)} to apply the
+    # configured maximum and what this server allows of webhooks.
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"numImages": 3}]})
 
@@ -48,6 +56,42 @@ class GenerationRequest(BaseModel):
         description="One of GET /animals; chosen at random when absent",
         json_schema_extra={"enum": [*ANIMALS, None]},
     )
+
+    webhook: str | None = Field(
+        None,
+        description=(
+            "An absolute https URL to POST the job to when it changes (see webhookEvents), "
+            f"signed per Standard Webhooks; at most {MAX_URL_LENGTH} characters, not a private address"
+        ),
+        json_schema_extra={"format": "uri", "maxLength": MAX_URL_LENGTH},
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        alias="webhookEvents",
+        min_length=1,
+        description=(
+            "Which changes are delivered to `webhook`: `start` (the first time a worker takes the "
+            "job), `image` (each image stored), `completed` (the job ended: completed, failed or "
+            'canceled). Default `["completed"]`'
+        ),
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        policy: WebhookPolicy = (info.context or {}).get("webhooks") or WebhookPolicy()
+        if policy.unavailable:
+            raise ValueError(policy.unavailable)
+        return check_url(value, allow_private=policy.allow_private)
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_webhook(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and "webhook" in info.data and info.data["webhook"] is None:
+            raise ValueError("webhookEvents needs a webhook")
+        return None if value is None else list(dict.fromkeys(value))
 
     @field_validator("num_images")
     @classmethod
@@ -63,6 +107,15 @@ class GenerationRequest(BaseModel):
         if value is not None and value not in ANIMALS:
             raise ValueError(f"unknown animal {echo(value)}; GET /animals lists the catalogue")
         return value
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """What a server allows of webhooks: `unavailable` says why none can be accepted (None:
+    they can), `allow_private` lets them name private addresses and plain http."""
+
+    unavailable: str | None = "this server does not accept webhooks"
+    allow_private: bool = False
 
 
 class ListQuery(BaseModel):
@@ -93,6 +146,8 @@ EXAMPLE_JOB: dict[str, Any] = {
     "prompt": "a cute bear",
     "provider": "openai",
     "model": "gpt-image-1",
+    "webhook": "https://example.com/hooks/menagerie",
+    "webhookEvents": ["completed"],
 }
 
 
@@ -122,6 +177,23 @@ class JobOut(BaseModel):
     model: str | None = Field(
         description="The model asked for, fixed at creation; null for the local renderer"
     )
+    webhook: str | None = Field(description="The URL its changes are POSTed to; null when none")
+    webhook_events: list[WebhookEvent] | None = Field(
+        serialization_alias="webhookEvents", description="The changes delivered to `webhook`; null when none"
+    )
+
+
+class WebhookDeliveryOut(JobOut):
+    """What a webhook delivery POSTs: the job as it was right after the change, plus which
+    change it was and its number within the job."""
+
+    event: WebhookEvent = Field(
+        description="start (first claim), image (an image stored), completed (the job ended, in any status)"
+    )
+    sequence: int = Field(description="1, 2, 3… per job, in the order of the changes: order deliveries by it")
+
+
+EXAMPLE_DELIVERY: dict[str, Any] = {"event": "completed", "sequence": 4, **EXAMPLE_JOB}
 
 
 Signer = Callable[[str], str]
@@ -157,6 +229,8 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
             "prompt": job.prompt,
             "provider": job.provider,
             "model": job.model,
+            "webhook": job.webhook,
+            "webhookEvents": job.webhook_events,
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -166,6 +240,56 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
 def jobs_json(jobs: Iterable[Generation], *, base_url: str, signer: Signer | None = None) -> bytes:
     """A JSON array of jobs, each as `job_json` writes it."""
     return b"[" + b",".join(job_json(job, base_url=base_url, signer=signer) for job in jobs) + b"]"
+
+
+class WebhookAttemptOut(BaseModel):
+    """One attempt to deliver a webhook."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    webhook_id: str = Field(
+        serialization_alias="webhookId",
+        description="The delivery's webhook-id header (the same on each retry)",
+    )
+    event: WebhookEvent
+    sequence: int = Field(description="The delivery's number within the job: 1, 2, 3…")
+    attempt: int = Field(description="Which attempt of this delivery: 1, 2, …")
+    at: Timestamp = Field(description="When the attempt started")
+    outcome: Literal["delivered", "retrying", "gone", "refused", "failed"] = Field(
+        description=(
+            "delivered (2xx), retrying (tried again later), gone (410: never again), refused (the "
+            "address is not public), failed (attempts used up)"
+        )
+    )
+    status_code: int | None = Field(
+        serialization_alias="statusCode", description="The receiver's HTTP status; null when none came"
+    )
+    error: str | None = Field(description="Why it did not succeed; null when delivered")
+    latency_ms: float | None = Field(
+        serialization_alias="latencyMs", description="From sending to the receiver's status (or the failure)"
+    )
+
+
+def webhook_attempts_json(rows: Iterable[Any]) -> bytes:
+    """Attempts (webhook_attempt_list rows) as a JSON array of WebhookAttemptOut."""
+    return _json.dumps(
+        [
+            {
+                "webhookId": f"msg_{row['delivery_id'].hex}",
+                "event": row["event"],
+                "sequence": row["sequence"],
+                "attempt": row["attempt"],
+                "at": row["at"].isoformat(),
+                "outcome": row["outcome"],
+                "statusCode": row["status_code"],
+                "error": row["error"],
+                "latencyMs": None if row["latency_ms"] is None else round(row["latency_ms"], 3),
+            }
+            for row in rows
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
 
 
 class MomentOut(BaseModel):

@@ -16,7 +16,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from app.api.models import GenerationRequest, JobOut, MomentOut, ProblemOut, QueueOut
+from app.api.models import (
+    GenerationRequest,
+    JobOut,
+    MomentOut,
+    ProblemOut,
+    QueueOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
+)
 from app.api.problems import problem_title
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,10 +233,12 @@ def build(
     version: str,
     description: str,
     max_images: int,
+    webhooks: dict[str, Operation] | None = None,
     keyed: bool = False,
 ) -> dict[str, Any]:
-    """The document; `keyed` (AUTH=keys): with the bearer scheme, required by every operation
-    but the public ones, and their 401 and 429 answers."""
+    """The document for `routes`, and `webhooks`: requests this service makes (OpenAPI 3.1's
+    top-level webhooks), by name; `keyed` (AUTH=keys): with the bearer scheme, required by
+    every operation but the public ones, and their 401 and 429 answers."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or route.methods is None:
@@ -245,6 +255,8 @@ def build(
             (GenerationRequest, "validation"),
             (JobOut, "serialization"),
             (ProblemOut, "serialization"),
+            (WebhookAttemptOut, "serialization"),
+            (WebhookDeliveryOut, "serialization"),
             (QueueOut, "serialization"),
             (MomentOut, "serialization"),
         ]
@@ -254,6 +266,9 @@ def build(
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
+        "webhooks": {
+            name: {"post": _operation(op, name, keyed=keyed)} for name, op in (webhooks or {}).items()
+        },
         "components": {"schemas": schemas},
     }
     if keyed:

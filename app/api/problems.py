@@ -135,8 +135,19 @@ def validation_problem(exc: ValidationError, *, where: str) -> Problem:
         for error in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     loc, message = errors[0]["loc"], errors[0]["msg"]
-    detail = message if len(loc) == 1 else f"{loc[-1]}: {message}"
+    detail = message if len(loc) == 1 else f"{field_name(loc[1:])}: {message}"
     return Problem(422, detail, type="/problems/validation-error", errors=errors)
+
+
+def field_name(loc: list[str]) -> str:
+    """The field a location names, as a client spells it: `webhookEvents[1]` for an item."""
+    name, items = "", ""
+    for part in loc:
+        if part.isdigit():
+            items += f"[{part}]"
+        else:
+            name, items = part, ""
+    return name + items
 
 
 MAX_ECHO = 60

@@ -57,6 +57,10 @@ class Generation:
     provider: str = "local"
     model: str | None = None
     image_indexes: list[int] = field(default_factory=list)
+    webhook: str | None = None
+    """The URL its changes are POSTed to, if it asked for one."""
+    webhook_events: list[str] | None = None
+    """Which changes are (start, image, completed); None without a webhook."""
     image_types: list[str] = field(default_factory=list)
     """The content type of each stored image, in the order of `image_indexes`."""
 
@@ -77,6 +81,8 @@ class Generation:
             provider=record["provider"],
             model=record["model"],
             image_indexes=list(record["image_indexes"]),
+            webhook=record["webhook"],
+            webhook_events=None if record["webhook_events"] is None else list(record["webhook_events"]),
             image_types=list(record["image_types"]),
         )
 
@@ -90,6 +96,11 @@ class Request:
     num_images: int
     animal: str
     max_attempts: int
+    webhook: str | None = None
+    """Where to POST its changes (checked by the caller), or None."""
+    webhook_events: tuple[str, ...] = ()
+    webhook_max_attempts: int = 1
+    """Attempts each of its webhook deliveries gets."""
     owner: int | None = None
     prompt: str | None = None
     provider: str = "local"
@@ -108,6 +119,9 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.num_images for request in requests],
         [request.max_attempts for request in requests],
         [request.owner for request in requests],
+        [request.webhook for request in requests],
+        [",".join(request.webhook_events) for request in requests],
+        [request.webhook_max_attempts for request in requests],
         [kind_for(request.provider) for request in requests],
         [request.prompt for request in requests],
         [request.provider for request in requests],
@@ -126,6 +140,8 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
             updated_at=created[job_id],
             started_at=None,
             finished_at=None,
+            webhook=request.webhook,
+            webhook_events=list(request.webhook_events) if request.webhook else None,
             prompt=request.prompt,
             provider=request.provider,
             model=request.model,
@@ -148,6 +164,13 @@ def creations(pool: asyncpg.Pool, *, max_batch: int = 500) -> Batcher[Request, G
 async def get(conn: Connection, *, job_id: UUID, viewer: int | None = None) -> Generation | None:
     """The generation, if key `viewer` owns it (None: whoever owns it)."""
     row = await conn.fetchrow(queries.generation_get, job_id, viewer)
+    return None if row is None else Generation.from_record(row)
+
+
+async def at_version(conn: Connection, *, job_id: UUID, version: int) -> Generation | None:
+    """The generation as it was right after its change number `version` (see
+    generation_at_version); None when the job or that change is unknown."""
+    row = await conn.fetchrow(queries.generation_at_version, job_id, version)
     return None if row is None else Generation.from_record(row)
 
 

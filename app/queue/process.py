@@ -64,7 +64,7 @@ async def serve(
     maintenance rounds and `rounds`, until SIGTERM or SIGINT (a second one skips the grace
     period). Retention deletes finished jobs of every registered kind, with its own data, and
     of the kinds in `retained` (kinds this worker does not run), with what each forgets.
-    `collectors` are served beside the worker's own metrics."""
+    `collectors` (a kind's own metrics) are served beside the worker's."""
     worker = Worker(
         pool=pool,
         listen_url=settings.database,
@@ -72,6 +72,8 @@ async def serve(
         timing=timing(settings),
     )
     metrics = worker.metrics
+    for collector in collectors:
+        metrics.registry.register(collector)
     maintenance = Maintenance(
         [
             *queue_rounds(
@@ -86,8 +88,6 @@ async def serve(
         ],
         on_failure=lambda name: metrics.maintenance_failures.labels(name).inc(),
     )
-    for collector in collectors:
-        metrics.registry.register(collector)
     if settings.worker_metrics_port is not None:
         serve_metrics(metrics.registry, settings.worker_metrics_port)
     loop = asyncio.get_running_loop()

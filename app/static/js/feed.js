@@ -18,13 +18,21 @@ export class Feed {
     this.lastApplied = null;
     this.refusals = 0;
     this.source = null;
+    this.stopped = false;
   }
 
   async connect() {
+    this.stopped = false;
+    await this.open();
+  }
+
+  async open() {
+    if (this.stopped) return;
     let url;
     try {
       url = new URL(await this.streamUrl(), location.href);
     } catch {
+      if (this.stopped) return; // the page asked for a key instead
       this.onState("lost");
       this.retryLater();
       return;
@@ -59,10 +67,11 @@ export class Feed {
     this.source = null;
     const pause = Math.min(10000, 500 * 2 ** this.refusals);
     this.refusals += 1;
-    setTimeout(() => this.connect(), pause);
+    setTimeout(() => this.open(), pause);
   }
 
   close() {
+    this.stopped = true;
     if (this.source) this.source.close();
     this.source = null;
   }

@@ -181,6 +181,9 @@ async function loadPage(path) {
     $("loading").hidden = true;
     $("load-more").hidden = list.next === null;
   }
+  // A screen taller than the list: the end is still in view, and the observer will not
+  // fire again until it leaves and comes back.
+  if (list.next && $("load-more").getBoundingClientRect().top < innerHeight + 400) loadOlder();
 }
 
 function loadOlder() {
@@ -385,8 +388,9 @@ function showConnection(state, words) {
 let keyAsked = false;
 function needsKey(error) {
   if (!(error instanceof ApiError) || error.status !== 401) return false;
+  const refused = apiKey();
   rememberKey(null);
-  askForKey(error.message);
+  askForKey(refused ? `That key was not accepted: ${error.message}` : "");
   return true;
 }
 
@@ -396,14 +400,24 @@ function askForKey(message = "") {
   const form = $("key-form");
   form.hidden = false;
   document.querySelector("main").hidden = true;
+  document.querySelector(".queue").hidden = true;
+  showConnection("", "Waiting for a key");
   $("key-error").textContent = message;
   form.querySelector("input").focus();
 }
 
+// The stream's URL: with a key, a fresh short-lived token in it (EventSource cannot send the
+// key itself); a server that asks for no key has no tokens to give (404).
 async function streamUrl() {
   if (!apiKey()) return "/generations/events";
-  const { data } = await api("/generations/events/token", { method: "POST" });
-  return `/generations/events?token=${encodeURIComponent(data.token)}`;
+  try {
+    const { data } = await api("/generations/events/token", { method: "POST" });
+    return `/generations/events?token=${encodeURIComponent(data.token)}`;
+  } catch (error) {
+    if (error.status === 404) return "/generations/events";
+    needsKey(error);
+    throw error;
+  }
 }
 
 const feed = new Feed({
