@@ -2,7 +2,9 @@
 
 menagerie server      the HTTP API (uvicorn with uvloop and httptools)
 menagerie worker      one worker; start as many as you like, on any host
-menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock)
+menagerie migrate     apply pending migrations (--break-lock first clears a killed one's lock);
+                      with S3_BUCKET set, check the bucket (S3_CREATE_BUCKET=true creates it)
+menagerie images move-to-s3   move images kept in PostgreSQL to S3_BUCKET (resumable)
 menagerie run         server and one worker (and an embedded PostgreSQL when DATABASE_URL
                       is unset): what `make run` does; Ctrl-C stops them all
 menagerie keys        create, list and revoke API keys; rotate a key's webhook secret
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -29,6 +32,25 @@ from app import keys, migrate, settings
 from app.process import prepare
 
 T = TypeVar("T")
+
+
+def check_image_store(config: settings.Settings) -> None:
+    """Stop with one line (exit 2) unless the bucket, when one is configured, answers."""
+    from app.images import s3, stores
+
+    async def failure() -> str | None:
+        try:
+            await s3.check_at_start(config)
+        except (stores.StoreMisconfigured, settings.SettingError) as exc:
+            return str(exc)
+        return None
+
+    found = asyncio.run(failure())
+    # obstore aborts the process when a client is freed during interpreter exit: free the
+    # check's now (its failure's traceback made a cycle), not then.
+    gc.collect()
+    if found is not None:
+        settings.stop(found)
 
 
 def serve_api(config: settings.Settings) -> int:
@@ -262,6 +284,40 @@ def _answers(url: str) -> bool:
         return False
 
 
+def move_images(config: settings.Settings, *, batch_size: int, pause: float) -> int:
+    """`images move-to-s3`: 0 once every image is in the bucket, 130 when interrupted (run it
+    again to go on), 1 when the bucket stopped answering."""
+    from app import db
+    from app.images import moving, s3, stores
+
+    bucket = s3.stores_for(config).by_name.get(s3.NAME)
+    if not isinstance(bucket, s3.S3Store):
+        settings.stop("images move-to-s3 needs S3_BUCKET")
+
+    async def move(to: s3.S3Store) -> int:
+        pool = await db.create_pool(config.database, size=2, application_name="menagerie-images")
+        try:
+            return await moving.move_to_s3(pool, to, batch_size=batch_size, pause=pause)
+        finally:
+            await pool.close()
+
+    outcome: str | None = None
+    try:
+        moved = asyncio.run(move(bucket))
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+    except stores.StoreUnavailable as exc:
+        outcome = str(exc)
+    where = bucket.config.where()
+    del bucket
+    gc.collect()  # free the bucket's client now: obstore aborts if it is freed at exit
+    if outcome is not None:
+        print(f"menagerie: {outcome}; run it again to move the rest", file=sys.stderr)
+        return 130 if outcome == "interrupted" else 1
+    print(f"menagerie: moved {moved} images to {where}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="menagerie", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +328,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrating.add_argument(
         "--break-lock", action="store_true", help="first clear a lock left by a killed process"
     )
+    images = commands.add_parser("images", help="manage stored images").add_subparsers(
+        dest="action", required=True
+    )
+    moving = images.add_parser(
+        "move-to-s3",
+        help="move images kept in PostgreSQL to S3_BUCKET (resumable: run it again after Ctrl-C)",
+    )
+    moving.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
+    moving.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between batches")
     managing = commands.add_parser("keys", help="create, list and revoke API keys")
     actions = managing.add_subparsers(dest="action", required=True)
     creating = actions.add_parser("create", help="make a key and print it (once)")
@@ -310,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run_all(config)
     if args.command == "server":
-        return serve_api(prepare(config))
+        config = prepare(config)
+        check_image_store(config)
+        return serve_api(config)
     if args.command == "worker":
         from app import registry
 
@@ -318,10 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry.endpoint(config)  # the provider's key, checked before anything starts
         except settings.SettingError as exc:
             settings.stop(str(exc))
-        return run_worker(prepare(config))
+        config = prepare(config)
+        check_image_store(config)
+        return run_worker(config)
+    if args.command == "images":
+        config = prepare(config)
+        check_image_store(config)
+        return move_images(config, batch_size=args.batch_size, pause=args.pause)
     config = prepare(config, migrate_now=False)
     if args.break_lock:
         migrate.break_lock(config.database)
     applied = migrate.apply(config.database)
     print(f"menagerie: applied {len(applied)} migration(s)" if applied else "menagerie: up to date")
+    check_image_store(config)  # and the bucket, when one is set: created once with S3_CREATE_BUCKET
     return 0

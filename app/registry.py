@@ -19,7 +19,7 @@ from app import db, keys
 from app.api import idempotency
 from app.api.auth import ImageSigner, Lazy
 from app.api.models import job_json
-from app.images import generate, generations
+from app.images import generate, generations, s3, stores
 from app.images.metrics import ProviderMetrics
 from app.images.providers import Provider
 from app.images.providers.http import Endpoint, new_client
@@ -90,17 +90,20 @@ def kinds(
     *,
     image_provider: Provider | None = None,
     metrics: ProviderMetrics | None = None,
+    image_stores: stores.Stores | None = None,
 ) -> list[Kind]:
     """Every registered kind, with its settings applied (`<KIND>_SLOTS`, ...): generations, and
     webhook deliveries when given `deliveries`. Generations are the kind of `image_provider`
     (IMAGE_PROVIDER's, the local renderer by default), run with the generation settings
     (WORKER_CONCURRENCY, JOB_TIMEOUT, ...) whatever its name; an HTTP provider's calls are
-    bounded by PROVIDER_MAX_CONCURRENCY for the whole process."""
+    bounded by PROVIDER_MAX_CONCURRENCY for the whole process. Images go to `image_stores`
+    (IMAGE_STORE's by default)."""
     image_provider = image_provider or provider(settings)
     limiter = None if image_provider.name == "local" else asyncio.Semaphore(settings.provider_max_concurrency)
     generation = generate.kind(
         pool,
         image_provider,
+        image_stores=image_stores or s3.stores_for(settings),
         db_patience=settings.lease_seconds,
         limiter=limiter,
         metrics=metrics,
@@ -113,10 +116,11 @@ def kinds(
     return registered
 
 
-def retained(settings: Settings) -> dict[str, Forget | None]:
+def retained(image_stores: stores.Stores) -> dict[str, Forget | None]:
     """What retention deletes with the finished jobs of kinds this worker does not run: the
-    generations of the other providers, made before IMAGE_PROVIDER changed."""
-    return {kind: generations.forget for kind in generations.KINDS}
+    generations of the other providers (made before IMAGE_PROVIDER changed), their images
+    included."""
+    return {kind: stores.forgetting(image_stores) for kind in generations.KINDS}
 
 
 def webhook_deliveries(
@@ -162,6 +166,7 @@ def webhook_deliveries(
         resolver=resolver,
         connector=connector,
         ssl_context=ssl_context,
+        max_retry_after=max(settings.webhook_retry_delays),
     )
 
 
@@ -171,7 +176,16 @@ def rounds(settings: Settings, pool: asyncpg.Pool) -> list[Round]:
     async def forget_expired_keys() -> None:
         await idempotency.forget_expired(pool, batch_size=settings.retention_batch_size)
 
-    return [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    found = [Round("idempotency-keys", 600.0, forget_expired_keys)]
+    bucket = s3.stores_for(settings).by_name.get(s3.NAME)
+    if isinstance(bucket, s3.S3Store):
+        s3_store = bucket
+
+        async def delete_orphans() -> None:
+            await s3.delete_orphans(pool, s3_store)
+
+        found.append(Round("orphan-objects", 600.0, delete_orphans))
+    return found
 
 
 def pool_size(settings: Settings) -> int:
@@ -190,16 +204,22 @@ async def serve_worker(settings: Settings) -> None:
     )
     deliveries = webhook_deliveries(settings, pool)
     metrics = ProviderMetrics()
+    image_stores = s3.stores_for(settings)
     try:
         async with http_client(settings) as client:
             await serve(
                 settings,
                 pool=pool,
                 registry=kinds(
-                    settings, pool, deliveries, image_provider=provider(settings, client), metrics=metrics
+                    settings,
+                    pool,
+                    deliveries,
+                    image_provider=provider(settings, client),
+                    metrics=metrics,
+                    image_stores=image_stores,
                 ),
                 rounds=rounds(settings, pool),
-                retained=retained(settings),
+                retained=retained(image_stores),
                 collectors=[deliveries.metrics, *metrics.collectors],
             )
     finally:

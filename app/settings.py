@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import configparser
 import ipaddress
 import os
 import re
@@ -166,6 +167,30 @@ class Settings(BaseSettings):
     """Finished jobs and their images are deleted this many days after they finished; 0 keeps
     them forever."""
     retention_batch_size: int = Field(500, ge=1, le=10_000)
+
+    image_store: Literal["postgres", "s3"] = "postgres"
+    """Where new images go: `postgres` (a bytea in their row) or `s3` (an object of S3_BUCKET).
+    Each image row says where its bytes are, so changing this never breaks older images."""
+    image_delivery: Literal["proxy", "redirect"] = "proxy"
+    """How GET /images serves an object: the server streams it (`proxy`), or answers 307 to a
+    presigned URL of the bucket (`redirect`)."""
+    s3_bucket: str | None = None
+    s3_endpoint_url: AnyHttpUrl | None = None
+    """Any S3-compatible server (MinIO, SeaweedFS, Garage, R2); unset: AWS."""
+    s3_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("s3_region", "aws_region", "aws_default_region")
+    )
+    s3_prefix: str = "images/"
+    s3_presign_ttl: int = Field(3600, ge=1, le=604_800)
+    """Seconds a redirect's presigned URL stays valid (S3 allows at most seven days)."""
+    s3_create_bucket: bool = False
+    """Create S3_BUCKET at start when it does not exist."""
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_profile: str | None = None
+    """A profile of AWS_SHARED_CREDENTIALS_FILE, used when AWS_ACCESS_KEY_ID is unset."""
+    aws_shared_credentials_file: str = "~/.aws/credentials"
 
     webhook_secret: SecretStr | None = None
     """`whsec_` and base64: the key that signs webhook deliveries (Standard Webhooks)."""
@@ -337,6 +362,49 @@ class Settings(BaseSettings):
                 backoff=own.backoff or ("schedule", delays),
             )
         return _kind_variables(name)
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_is_a_folder(cls, value: str) -> str:
+        if value and (not value.endswith("/") or value.startswith("/") or "//" in value):
+            raise ValueError("must be empty or a folder such as images/ (ending in /, not starting with one)")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("IMAGE_STORE=s3 needs S3_BUCKET")
+        return self
+
+    def s3_credentials(self) -> tuple[str, str, str | None] | None:
+        """(access key id, secret, session token): AWS_ACCESS_KEY_ID and
+        AWS_SECRET_ACCESS_KEY, else AWS_PROFILE's section of the shared credentials file;
+        None leaves the client to find them (an instance or container role). Raises
+        SettingError naming what is missing."""
+        if self.aws_access_key_id:
+            if self.aws_secret_access_key is None:
+                raise SettingError("AWS_SECRET_ACCESS_KEY", None, "needed with AWS_ACCESS_KEY_ID")
+            token = self.aws_session_token.get_secret_value() if self.aws_session_token else None
+            return self.aws_access_key_id, self.aws_secret_access_key.get_secret_value(), token
+        if self.aws_profile is None:
+            return None
+        path = os.path.expanduser(self.aws_shared_credentials_file)
+        parser = configparser.ConfigParser()
+        parser.read(path, encoding="utf-8")
+        if not parser.has_section(self.aws_profile):
+            raise SettingError("AWS_PROFILE", self.aws_profile, f"no such profile in {path}")
+        section = parser[self.aws_profile]
+        if "aws_access_key_id" not in section or "aws_secret_access_key" not in section:
+            raise SettingError(
+                "AWS_PROFILE",
+                self.aws_profile,
+                "the profile has no aws_access_key_id and aws_secret_access_key",
+            )
+        return (
+            section["aws_access_key_id"],
+            section["aws_secret_access_key"],
+            section.get("aws_session_token"),
+        )
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -8,9 +8,16 @@ this process on a local port notes when each delivery arrives. Two phases: ``idl
 change every 200 ms: each delivery finds the worker asleep) and ``rate`` (100 changes a
 second).
 
+``--measure outbox``: what the outbox costs generations that ask for no webhook. Every
+statement that changes a generation calls job_events_add, which now also looks for a webhook
+(webhook_outbox). On one connection, batches of 100 generations are created, claimed and
+completed, with job_events_add as migration 0010 made it and as it was before (its
+definition swapped in place), alternating per round; milliseconds per 100 jobs, medians.
+
 Usage::
 
     python bench/webhooks.py [--quick]
+    python bench/webhooks.py --measure outbox [--quick]
 
 Prints one JSON line with the figures. Latency is client clock, same machine: from right after
 the cancel committed to the receiver's handler being called with the verified delivery.
@@ -24,6 +31,7 @@ import base64
 import json
 import os
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -171,16 +179,78 @@ async def measure(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
     }
 
 
+OUTBOX_CALL = "    PERFORM webhook_outbox(ids, versions, types, datas);\n"
+OUTBOX_ROUNDS = (8, 2)
+OUTBOX_BATCHES = (20, 5)  # batches of 100 per side and round
+
+
+async def outbox_cost(*, quick: bool, dsn_admin: str) -> dict[str, Any]:
+    from app import migrate
+    from app.images import generations
+    from app.queue import jobs as queue
+
+    rounds, batches = (
+        (OUTBOX_ROUNDS[1], OUTBOX_BATCHES[1]) if quick else (OUTBOX_ROUNDS[0], OUTBOX_BATCHES[0])
+    )
+    timings: dict[str, dict[str, list[float]]] = {
+        side: {"create": [], "claim": [], "complete": []} for side in ("with outbox", "without")
+    }
+    async with fresh_database(dsn_admin, "outbox") as dsn:
+        await asyncio.to_thread(migrate.apply, dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            current = await conn.fetchval(
+                "SELECT pg_get_functiondef('job_events_add(uuid[],integer[],text[],text[],jsonb[])'::regprocedure)"
+            )
+            assert OUTBOX_CALL in current, "job_events_add does not call webhook_outbox"
+            definitions = {"with outbox": current, "without": current.replace(OUTBOX_CALL, "")}
+            request = generations.Request(1, "cat", 3)
+            for round_ in range(rounds):
+                order = list(definitions) if round_ % 2 == 0 else list(reversed(definitions))
+                for side in order:
+                    await conn.execute(definitions[side])
+                    for _ in range(batches):
+                        began = time.perf_counter()
+                        await generations.create_many(conn, [request] * 100)
+                        created = time.perf_counter()
+                        claimed = await queue.claim(
+                            conn, worker_id="bench", wanted={"generate": 100}, lease_seconds=60
+                        )
+                        done = time.perf_counter()
+                        await queue.complete_many(
+                            conn, worker_id="bench", jobs=[(job.id, job.attempts) for job in claimed]
+                        )
+                        ended = time.perf_counter()
+                        assert len(claimed) == 100
+                        timings[side]["create"].append((created - began) * 1000)
+                        timings[side]["claim"].append((done - created) * 1000)
+                        timings[side]["complete"].append((ended - done) * 1000)
+            await conn.execute(definitions["with outbox"])
+        finally:
+            await conn.close()
+    figures: dict[str, Any] = {
+        side: {step: round(statistics.median(values), 3) for step, values in steps.items()}
+        for side, steps in timings.items()
+    }
+    figures["ratio with/without (sum of medians)"] = round(
+        sum(figures["with outbox"].values()) / sum(figures["without"].values()), 3
+    )
+    figures["batches of 100 per side"] = rounds * batches
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--measure", choices=("delivery", "outbox"), default="delivery")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dsn-admin", default=os.environ.get("BENCH_DSN_ADMIN", DEFAULT_DSN_ADMIN))
     args = parser.parse_args()
     import uvloop
 
-    print(json.dumps(uvloop.run(measure(quick=args.quick, dsn_admin=args.dsn_admin))))
+    run = outbox_cost if args.measure == "outbox" else measure
+    print(json.dumps(uvloop.run(run(quick=args.quick, dsn_admin=args.dsn_admin))))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 DROP FUNCTION generation_images(uuid);
 ALTER TABLE images
     DROP COLUMN latency_ms,
-    DROP COLUMN bytes,
     DROP COLUMN provider_request_id,
     DROP COLUMN model,
     DROP COLUMN provider,

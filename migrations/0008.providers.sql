@@ -24,7 +24,6 @@ ALTER TABLE images
     ADD COLUMN provider text,
     ADD COLUMN model text,
     ADD COLUMN provider_request_id text,
-    ADD COLUMN bytes integer,
     ADD COLUMN latency_ms integer;
 
 COMMENT ON TABLE images IS
@@ -34,7 +33,6 @@ COMMENT ON COLUMN images.content_type IS 'image/png, image/jpeg or image/webp, a
 COMMENT ON COLUMN images.provider IS 'The provider that made it (local, openai, openrouter); NULL for images made before providers existed';
 COMMENT ON COLUMN images.model IS 'The model that made it; NULL for the local renderer';
 COMMENT ON COLUMN images.provider_request_id IS 'The provider''s id of the call (x-request-id, a completion id) when it sent one';
-COMMENT ON COLUMN images.bytes IS 'Its size in bytes';
 COMMENT ON COLUMN images.latency_ms IS 'How long the provider call took, download included, in milliseconds';
 
 -- A generation's stored images, for its job JSON: their indexes and types, in index order

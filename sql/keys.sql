@@ -57,7 +57,8 @@ SELECT id, name, prefix, admin, rate, burst, max_pending, signs_webhooks FROM fo
 -- name: key_live
 -- The live key with id $1 (a stream token names its key by id); no row when revoked or unknown.
 -- $1 key id
-SELECT id, name, prefix, admin, rate, burst, max_pending FROM keys WHERE id = $1 AND revoked_at IS NULL;
+SELECT id, name, prefix, admin, rate, burst, max_pending, webhook_secret IS NOT NULL AS signs_webhooks
+FROM keys WHERE id = $1 AND revoked_at IS NULL;
 
 -- name: key_take_tokens
 -- Refills key $1's bucket for the time since it was last refilled (at keys.rate per second,

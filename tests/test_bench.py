@@ -174,11 +174,10 @@ def test_the_providers_measure_stores_every_image_on_both_sides(admin_url: str) 
     assert result["openai_over_local"] > 0
 
 
-def test_the_webhook_benchmark_delivers_every_change(admin_url):
-    """bench/webhooks.py --quick: every status change it commits reaches its receiver through
-    a real worker process, in both phases, with a pickup figure under the loose ceiling."""
+def webhook_bench(admin_url: str, *args: str) -> dict[str, Any]:
+    """Run bench/webhooks.py with `args`; the figures it printed."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "webhooks.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / "webhooks.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -186,8 +185,51 @@ def test_the_webhook_benchmark_delivers_every_change(admin_url):
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    phases = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_webhook_benchmark_delivers_every_change(admin_url):
+    """bench/webhooks.py --quick: every status change it commits reaches its receiver through
+    a real worker process, in both phases, with a pickup figure under the loose ceiling."""
+    phases = webhook_bench(admin_url, "--quick")
     assert len(phases) == 2
     for phase in phases.values():
         assert phase["delivered"] == phase["changes"] > 0, phase
         assert phase["p99_ms"] < MAX_PICKUP_P99_MS, phase
+
+
+def test_the_outbox_benchmark_times_both_sides(admin_url):
+    """bench/webhooks.py --measure outbox --quick: creates, claims and completes generations
+    with and without the outbox call, each step timed on both sides (the swap it makes in
+    job_events_add found the call to remove)."""
+    figures = webhook_bench(admin_url, "--measure", "outbox", "--quick")
+    for side in ("with outbox", "without"):
+        assert set(figures[side]) == {"create", "claim", "complete"}
+        assert all(value > 0 for value in figures[side].values()), figures
+    assert figures["batches of 100 per side"] > 0
+
+
+def stores_bench(admin_url: str, measure: str) -> dict[str, Any]:
+    """One quick measure of bench/stores.py: its JSON figures."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stores.py"), "--quick", "--measure", measure],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])[measure]
+
+
+def test_the_stores_benchmark_stores_through_both_stores(admin_url):
+    """bench/stores.py (quick, worker and size) drives a real worker to each store and
+    fills a database through each: every job completes (some images per second), and the
+    images table of the s3 run holds no image bytes (smaller than the postgres run's)."""
+    worker = stores_bench(admin_url, "worker")
+    assert all(worker[store]["images_per_s"] > 1 for store in ("postgres", "s3")), worker
+    size = stores_bench(admin_url, "size")
+    images_mb = size["images"] * size["png_bytes"] / 1e6
+    assert size["postgres"]["images_table_mb"] >= images_mb
+    assert size["s3"]["images_table_mb"] < images_mb / 10

@@ -259,3 +259,22 @@ def test_pre_commit_runs_the_lint_targets_tools_locally() -> None:
     for line in lint.splitlines()[1:]:
         command = words(line.strip().removeprefix("$(BIN)/"))
         assert any(command <= entry for entry in entries), command
+
+
+def test_images_go_to_a_pinned_seaweedfs_whose_bucket_migrate_creates_once() -> None:
+    """Compose runs SeaweedFS at a pinned version with a health check on its S3 port; server
+    and worker store images there (IMAGE_STORE=s3) once it is healthy; migrate alone may create
+    the bucket; the credentials are the ones SeaweedFS is configured with."""
+    services = _services()
+    seaweedfs = services["seaweedfs"]
+    image, _, tag = seaweedfs["image"].partition(":")
+    assert image == "chrislusf/seaweedfs" and tag and tag != "latest"
+    assert "8333/healthz" in " ".join(seaweedfs["healthcheck"]["test"])
+    identities = json.loads((ROOT / "deploy" / "seaweedfs" / "s3.json").read_text())["identities"]
+    keys = {(c["accessKey"], c["secretKey"]) for i in identities for c in i["credentials"]}
+    for name in ("migrate", "server", "worker"):
+        env = services[name]["environment"]
+        assert env["IMAGE_STORE"] == "s3" and env["S3_ENDPOINT_URL"] == "http://seaweedfs:8333", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) in keys, name
+        assert _depends_on(services[name])["seaweedfs"]["condition"] == "service_healthy", name
+        assert (env.get("S3_CREATE_BUCKET") == "true") == (name == "migrate"), name

@@ -110,7 +110,7 @@ async def test_a_job_of_three_images_through_openai_stores_exactly_what_the_mode
         assert call.headers["authorization"] == f"Bearer {KEY}"
         assert call.body == {"model": "gpt-image-1", "prompt": "a cute owl", "n": 1, "size": "1024x1024"}
     rows = await pool.fetch(
-        "SELECT provider, model, provider_request_id, bytes, octet_length(png) AS size, latency_ms, content_type "
+        "SELECT provider, model, provider_request_id, size, octet_length(png) AS bytes, latency_ms, content_type "
         "FROM images WHERE job_id = $1",
         UUID(job["jobId"]),
     )

@@ -199,8 +199,14 @@ async def test_a_worker_that_lost_its_job_can_write_nothing(pool):
     [job] = await jobs.claim(pool, worker_id="w1", wanted={"generate": 1}, lease_seconds=30)
     await pool.execute("UPDATE job_queue SET worker_id = 'w2', attempts = attempts + 1 WHERE id = $1", job_id)
     mine = [(job_id, job.attempts)]
-    assert not await stores.store(
-        pool, job_id=job_id, worker_id="w1", attempt=job.attempts, index=0, image=Image(b"png", "image/png")
+    assert not await stores.save(
+        pool,
+        stores.PostgresStore(),
+        job_id=job_id,
+        worker_id="w1",
+        attempt=job.attempts,
+        index=0,
+        png=b"png",
     )
     assert not await jobs.complete_many(pool, worker_id="w1", jobs=mine)
     assert not await jobs.fail_many(pool, worker_id="w1", jobs=[(job_id, job.attempts, "late")])
@@ -347,7 +353,22 @@ BY_ID_STATEMENTS = {
     "job_hand_back": lambda job_id: ("w1", [job_id], [1]),
     "job_renew_leases": lambda job_id: ("w1", [job_id], [1], 30.0),
     "job_owned": lambda job_id: (job_id, "w1", 1),
-    "image_store": lambda job_id: (job_id, "w1", 1, 0, b"png", "sha", "image/png", "local", None, None, 1),
+    "image_record": lambda job_id: (
+        job_id,
+        "w1",
+        1,
+        0,
+        "postgres",
+        None,
+        b"png",
+        3,
+        "sha",
+        "image/png",
+        "local",
+        None,
+        None,
+        1,
+    ),
 }
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import email.utils
 import ipaddress
 import json
 import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +43,7 @@ from app.queue.kinds import configured
 from app.queue.worker import Timing
 from app.settings import Settings, webhook_key
 from app.webhooks import signing
+from app.webhooks.delivery import retry_after
 from tests.support import TEST_TIMING, api_client, free_port, wait_for, wait_until_terminal
 from tests.test_keys import run_keys
 
@@ -50,7 +53,8 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"a-second-secret-for-the-rotation").
 
 class Receiver:
     """A real HTTP server on a local port that records every POST and answers from `plan`:
-    a status code, or "hang" (never answers); the last step repeats."""
+    a status code, "503:N" (503 with Retry-After: N), or "hang" (never answers); the last step
+    repeats."""
 
     def __init__(self, plan: Iterable[int | str] = (200,), *, tls: dict[str, str] | None = None) -> None:
         self.plan = list(plan)
@@ -66,7 +70,10 @@ class Receiver:
             step = self.plan[min(len(self.deliveries), len(self.plan)) - 1]
             if step == "hang":
                 await asyncio.sleep(3600)
-            return Response(b"thanks", status_code=int(step))
+            status, _, wait = str(step).partition(":")
+            return Response(
+                b"thanks", status_code=int(status), headers={"Retry-After": wait} if wait else None
+            )
 
         app = Starlette(routes=[Route("/{path:path}", hook, methods=["POST"])])
         self.server = uvicorn.Server(
@@ -339,6 +346,31 @@ async def test_a_receiver_that_hangs_is_cut_at_the_timeout_and_retried(
     ]
     assert listed[0]["latencyMs"] >= 500
     assert len(set(hook.ids())) == 1
+
+
+async def test_a_retry_after_of_a_429_or_503_sets_the_next_attempt(
+    database_url, pool, receiver, start_delivering
+):
+    """A 503 with Retry-After: 1 is retried a second later, not after the schedule's hour;
+    the attempt's error says so."""
+    settings = hook_settings(database_url, webhook_retry_schedule="1h")
+    hook = await receiver("503:1", 200)
+    await start_delivering(settings)
+    async with api_client(settings) as http:
+        listed, delivery = await one_delivery(http, pool, webhook=hook.url)
+    assert [(a["outcome"], a["statusCode"]) for a in listed] == [("retrying", 503), ("delivered", 200)]
+    assert listed[0]["error"] == "the receiver answered 503, Retry-After 1 s"
+    assert delivery["status"] == "completed"
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    """Retry-After as delay-seconds or an HTTP date (a past one is now); anything else is
+    ignored (the schedule applies)."""
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert retry_after("30") == 30
+    assert 100 < retry_after(later) <= 120
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+    assert retry_after("soon") is None and retry_after(None) is None
 
 
 async def test_attempts_run_out_on_the_schedule_then_the_delivery_fails(
@@ -769,3 +801,30 @@ def test_keys_create_shows_a_webhook_secret_and_rotate_prints_a_new_one(database
     assert code == 0 and rotated.startswith("whsec_") and rotated != made and "3600" in err
     webhook_key(rotated)
     assert run_keys(spawn, database_url, "rotate-webhook-secret", "nobody")[0] == 1
+
+
+async def test_migration_0010_rolls_back_and_applies_again(database_url, pool):
+    """Rolling the webhooks migration back keeps every generation (webhooks, attempts and key
+    secrets go; job_events_add enqueues nothing more), and applying it again works."""
+    from tests.test_upgrade import apply
+
+    settings = hook_settings(database_url)
+    async with api_client(settings) as http:
+        created = await create(http, webhook="https://example.com/hook")
+    await pool.close()
+    apply(database_url, rollback="0010.webhooks")
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('webhooks')") is None
+        assert "webhook_outbox" not in await conn.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'job_events_add'"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM generations") == 1
+        apply(database_url)
+        assert await conn.fetchval("SELECT count(*) FROM webhooks") == 0
+        assert "webhook_outbox" in await conn.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'job_events_add'"
+        )
+    finally:
+        await conn.close()
+    assert created.status_code == 202

@@ -63,7 +63,7 @@ from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
 from app.api.request_ids import RequestIdMiddleware
 from app.batching import Batcher
-from app.images import generations, stores
+from app.images import generations, s3, stores
 from app.images.animals import ANIMALS
 from app.images.generations import Generation
 from app.images.generations import Request as GenerationSpec
@@ -86,6 +86,7 @@ class State(TypedDict):
     backlog: backlog.Backlog
     metrics: ServerMetrics
     creations: Batcher[GenerationSpec, Generation]
+    stores: stores.Stores
     webhook_max_attempts: int
     auth: auth.Auth | None
 
@@ -468,18 +469,43 @@ async def get_image(request: Request) -> Response:
         )
         if not signed:
             raise problems.no_such_image()
-    found = await stores.get(request.state.pool, job_id=job_id, index=int(stem), viewer=viewer)
-    if found is None:
+    state = request.state
+    image = await stores.get(state.pool, job_id=job_id, index=int(stem), viewer=viewer)
+    if image is None:
         raise problems.no_such_image()
-    if extension != stores.EXTENSIONS[found.content_type]:
+    if extension != stores.EXTENSIONS[image.content_type]:
         raise problems.no_such_image()
-    etag = f'"{found.sha256}"'
+    etag = f'"{image.sha256}"'
     # With keys an image is one client's: a shared cache must not keep it.
     visibility = "public" if keyed is None else "private"
     headers = {"ETag": etag, "Cache-Control": f"{visibility}, max-age=31536000, immutable"}
     if etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return Response(found.data, headers=headers, media_type=found.content_type)
+    if image.png is not None:
+        return Response(image.png, headers=headers, media_type=image.content_type)
+    return await object_response(state, image, headers)
+
+
+async def object_response(state: Any, image: stores.Image, headers: dict[str, str]) -> Response:
+    """An image kept in object storage: streamed from its store (IMAGE_DELIVERY=proxy), or a
+    307 to a presigned URL (redirect); a store that does not answer is a 503."""
+    settings: Settings = state.settings
+    try:
+        store = state.stores.of(image)
+        if settings.image_delivery == "redirect":
+            url = await store.url(image, ttl=settings.s3_presign_ttl)
+            if url is not None:  # the link expires: cache the answer for half its life
+                cache = f"private, max-age={settings.s3_presign_ttl // 2}"
+                return Response(status_code=307, headers={"Location": url, "Cache-Control": cache})
+        body = await store.open(image)
+    except stores.StoreUnavailable as exc:
+        raise problems.store_unavailable(str(exc)) from None
+    except LookupError as exc:
+        log.error("image %s: %s", image.key, exc, extra={"action": "image_missing"})
+        raise problems.no_such_image() from None
+    return StreamingResponse(
+        body, headers={**headers, "Content-Length": str(image.size)}, media_type=image.content_type
+    )
 
 
 @documented(docs.CANCEL_GENERATION)
@@ -557,7 +583,12 @@ async def readyz(request: Request) -> Response:
         raise Problem(503, f"the database does not answer: {exc}", headers={"Retry-After": "1"}) from None
     if not migrated:
         raise Problem(503, "the database schema is not migrated", headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready"})
+    image_stores: stores.Stores = request.state.stores
+    try:
+        await image_stores.writing.check()
+    except (stores.StoreUnavailable, stores.StoreMisconfigured) as exc:
+        raise problems.store_unavailable(str(exc)) from None
+    return JSONResponse({"status": "ready", "imageStore": image_stores.writing.name})
 
 
 def webhook_policy(settings: Settings, caller: keys.Key | None) -> WebhookPolicy:
@@ -597,6 +628,7 @@ def create_app(settings: Settings) -> Starlette:
                 ),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
+                "stores": s3.stores_for(settings),
                 "webhook_max_attempts": settings.kind(delivery.KIND).max_attempts or 1,
                 "auth": None
                 if settings.auth == "none"

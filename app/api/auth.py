@@ -26,15 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import db, keys
 from app.api.headers import header
 from app.api.problems import Problem, problem_response
-from app.keys import Key
+from app.keys import Key, KeyedHash
 
 log = logging.getLogger(__name__)
 
-KEY_CACHE_SECONDS = 2.0
+KEY_CACHE_SECONDS = 4.0
 """How long a process trusts a key it looked up: a revoked key works at most this long."""
 BATCH_SECONDS = 0.05
 """A process takes the tokens of this much of a key's rate from the shared bucket at once."""
-HOLD_SECONDS = 1.0
+HOLD_SECONDS = 3.0
 """Tokens a process took but did not use within this long are dropped (never used late)."""
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
 """Besides these, /docs/… and /static/… (the docs page's and the dashboard's files): the
@@ -314,8 +314,8 @@ class StreamTokens:
         return int(key_id)
 
 
-def _stream_signature(secret: keys.KeyedHash, payload: str) -> bytes:
-    digest = secret(f"stream:{payload}".encode())[:16]  # HMAC-SHA256 under the secret
+def _stream_signature(secret: KeyedHash, payload: str) -> bytes:
+    digest = secret(f"stream:{payload}".encode())[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 

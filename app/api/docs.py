@@ -478,8 +478,23 @@ GET_IMAGE = Operation(
             },
         ),
         304: Reply("Not modified", headers={"ETag": Header("sha256 of the PNG", '"9f86…"')}),
+        307: Reply(
+            "With IMAGE_DELIVERY=redirect, for an image kept in object storage: fetch it from the "
+            "bucket, at a presigned URL valid for S3_PRESIGN_TTL seconds",
+            headers={
+                "Location": Header("The presigned URL", "https://bucket.s3.amazonaws.com/images/…?X-Amz-…"),
+                "Cache-Control": Header("Half the URL's life", "private, max-age=1800"),
+            },
+        ),
         404: Reply("No such image", problems={"about:blank": "no such image"}),
-        503: UNAVAILABLE,
+        503: Reply(
+            "The database, or the object store holding the image, is unavailable",
+            problems={
+                "about:blank": "the database is unavailable; try again shortly",
+                "/problems/store-unavailable": "the image store is unavailable; try again shortly (…)",
+            },
+            headers={"Retry-After": RETRY_AFTER},
+        ),
     },
 )
 
@@ -547,6 +562,15 @@ STATUS_SCHEMA = {
     "required": ["status"],
 }
 
+READY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string"},
+        "imageStore": {"type": "string", "enum": ["postgres", "s3"]},
+    },
+    "required": ["status", "imageStore"],
+}
+
 HEALTHZ = Operation(
     public=True,
     summary="Liveness",
@@ -559,12 +583,22 @@ READYZ = Operation(
     public=True,
     summary="Readiness",
     tag="operations",
-    description="The database answers and its schema is migrated.",
+    description=(
+        "The database answers and its schema is migrated, and the image store new images go to "
+        "(`imageStore`: `postgres` or `s3`) answers."
+    ),
     replies={
-        200: Reply("Ready", content={"application/json": STATUS_SCHEMA}, example={"status": "ready"}),
+        200: Reply(
+            "Ready",
+            content={"application/json": READY_SCHEMA},
+            example={"status": "ready", "imageStore": "s3"},
+        ),
         503: Reply(
             "Not ready",
-            problems={"about:blank": "the database schema is not migrated"},
+            problems={
+                "about:blank": "the database schema is not migrated",
+                "/problems/store-unavailable": "the image store is unavailable; try again shortly (…)",
+            },
             headers={"Retry-After": RETRY_AFTER},
         ),
     },
@@ -603,7 +637,8 @@ WEBHOOK_DELIVERY = Operation(
         "timestamps more than 5 minutes off, and deduplicate on `webhook-id`: a delivery is "
         "sent at least once, and may arrive out of order. Answer 2xx within WEBHOOK_TIMEOUT "
         "(10 s) to acknowledge; 410 Gone to stop that delivery; anything else, or no answer, "
-        "is retried on WEBHOOK_RETRY_SCHEDULE (5 s, 1 min, 10 min, 1 h, 6 h), then given up. "
+        "is retried on WEBHOOK_RETRY_SCHEDULE (5 s, 1 min, 10 min, 1 h, 6 h), then given up "
+        "(a 429 or 503 with Retry-After: after that long instead). "
         "Redirects are not followed."
     ),
     params=(

@@ -24,6 +24,7 @@ TITLES = {
     "/problems/validation-error": "Request did not validate",
     "/problems/invalid-json": "Body is not a JSON object",
     "/problems/queue-full": "Too much work queued",
+    "/problems/store-unavailable": "Image store unavailable",
     "/problems/idempotency-key-reused": "Idempotency-Key reused",
     "/problems/job-finished": "Job already finished",
     "/problems/unauthorized": "API key missing or not valid",
@@ -76,6 +77,16 @@ def no_such_job() -> Problem:
 
 def no_such_image() -> Problem:
     return Problem(404, "no such image")
+
+
+def store_unavailable(detail: str) -> Problem:
+    log.warning("image store unavailable: %s", detail, extra={"action": "store_unavailable"})
+    return Problem(
+        503,
+        f"the image store is unavailable; try again shortly ({detail})",
+        type="/problems/store-unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 def queue_full(limit: int) -> Problem:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from typing import Any
 
@@ -26,20 +25,23 @@ def kind(
     pool: asyncpg.Pool,
     provider: Provider,
     *,
+    image_stores: stores.Stores = stores.IN_DATABASE,
     db_patience: float = 30.0,
     limiter: asyncio.Semaphore | None = None,
     metrics: ProviderMetrics | None = None,
     retry_cap: float = 60.0,
 ) -> Kind:
     """The kind for `provider`, with its defaults (4 slots, 3 attempts, 300 s per attempt);
-    settings adjust them at the entry point.
+    settings adjust them at the entry point. Images go to `image_stores.writing`.
 
     Without a `limiter` the images of a job are made one after the other; with one, they are
     requested together, as many at once as the limiter (shared by the worker process) allows.
     Images already stored by an earlier attempt are kept, so a reclaimed job resumes. Database
     writes ride out an outage of up to `db_patience` seconds (a lease) rather than failing a
-    job whose images were made. A transient provider error is retried on the kind's backoff,
-    or after the provider's Retry-After when that is longer (at most `retry_cap` seconds).
+    job whose images were made; a store that cannot take an image makes the attempt a
+    transient failure (retried on the kind's backoff). A transient provider error is retried
+    on the kind's backoff, or after the provider's Retry-After when that is longer (at most
+    `retry_cap` seconds).
     """
     calls = limiter if limiter is not None else contextlib.nullcontext()
 
@@ -70,21 +72,24 @@ def kind(
             seconds = time.perf_counter() - started
         if metrics is not None:
             metrics.observe(provider.name, model, "ok", seconds, retry_after=False)
-        stored = await db.with_retries(
-            functools.partial(
-                stores.store,
+        try:
+            stored = await stores.save(
                 pool,
+                image_stores.writing,
                 job_id=job.id,
                 worker_id=job.worker_id,
                 attempt=job.attempts,
                 index=index,
-                image=image,
+                png=image.data,
+                content_type=image.content_type,
+                db_patience=db_patience,
                 provider=provider.name,
                 model=model,
+                request_id=image.request_id,
                 latency_ms=round(seconds * 1000),
-            ),
-            deadline=db_patience,
-        )
+            )
+        except stores.StoreUnavailable as exc:
+            raise Retry(f"image {index}: {exc}") from exc
         if not stored:
             raise OwnershipLost(job.id)
 
@@ -114,7 +119,7 @@ def kind(
         timeout=300.0,
         max_attempts=3,
         watched=True,
-        forget=generations.forget,
+        forget=stores.forgetting(image_stores),
     )
 
 

@@ -99,7 +99,11 @@ class OwnershipLost(Exception):
 
 Handler = Callable[[Job], Awaitable[Outcome | None] | Outcome | None]
 
-Forget = Callable[[db.Connection, list[UUID]], Awaitable[object]]
+AfterCommit = Callable[[], Awaitable[object]]
+
+Forget = Callable[[db.Connection, list[UUID]], Awaitable[AfterCommit | None]]
+"""Deletes what a kind keeps of jobs retention deletes, in retention's transaction; it may
+return what to do once that commits (delete files kept outside the database, say)."""
 
 
 class Backoff(Protocol):
@@ -151,7 +155,8 @@ class Kind:
     """Its jobs' changes are recorded in job_events and announced to event streams."""
     forget: Forget | None = None
     """What the kind deletes of its own when retention deletes its finished jobs (called with
-    their ids, in the same transaction); None when it keeps nothing outside the queue."""
+    their ids, in the same transaction, and what it returns run after the commit); None when
+    it keeps nothing outside the queue."""
 
 
 def backoff_from(spec: tuple[Any, ...]) -> Backoff:

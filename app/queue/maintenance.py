@@ -23,7 +23,7 @@ from uuid import UUID
 import asyncpg
 
 from app.queue import jobs as queue
-from app.queue.kinds import Forget
+from app.queue.kinds import AfterCommit, Forget
 from app.sql import queries
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,15 @@ async def delete_finished(
 ) -> int:
     """Delete jobs of the kinds in `forget` finished more than `older_than_days` days ago,
     `batch_size` per transaction, with what each kind keeps of them (its `forget` hook, None
-    when it keeps nothing), until none is left or `max_batches` ran; return how many. Only one worker sweeps at a time: each batch first takes a transaction-level advisory
+    when it keeps nothing; what a hook returns runs once its batch commits), until none is
+    left or `max_batches` ran; return how many. Only one worker sweeps at a time: each batch first takes a transaction-level advisory
     lock without waiting, and the sweep stops when another worker holds it. A transaction lock,
     not a session one: pool connections carry no session state, and it ends with its
     transaction however that ends. Between two batches another worker may take over, which is
     harmless: a batch deletes only rows it locked itself (SKIP LOCKED)."""
     deleted = batches = 0
     while older_than_days > 0 and (max_batches is None or batches < max_batches):
+        after_commit: list[AfterCommit] = []
         async with pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(queries.maintenance_try_lock, RETENTION_LOCK):
                 log.debug("another worker is sweeping", extra={"action": "retention_busy"})
@@ -183,8 +185,14 @@ async def delete_finished(
                 by_kind[kind].append(job_id)
             for kind, ids in by_kind.items():
                 hook = forget.get(kind)
-                if hook is not None:
-                    await hook(conn, ids)
+                then = None if hook is None else await hook(conn, ids)
+                if then is not None:
+                    after_commit.append(then)
+        for then in after_commit:
+            try:
+                await then()
+            except Exception:  # what it left behind is the kind's to sweep later
+                log.exception("after deleting jobs", extra={"action": "retention_after_commit_failed"})
         deleted += len(gone)
         batches += 1
         if len(gone) < batch_size:

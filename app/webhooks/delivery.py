@@ -5,13 +5,16 @@ the change; the job is rendered as it was then, with absolute URLs, at each atte
 attempt is one signed POST through the process's one pooled client, cut after WEBHOOK_TIMEOUT,
 no redirect followed, at most 64 KiB of the answer read. A 2xx is delivered; a 410 Gone stops
 that delivery for good; anything else (another status, a timeout, a connection error) is
-retried on WEBHOOK_RETRY_SCHEDULE until its attempts are used up. An address that is not
-public fails it at once (app/webhooks/guard.py). Every attempt is recorded in webhook_attempts.
+retried on WEBHOOK_RETRY_SCHEDULE until its attempts are used up (after the Retry-After of a
+429 or 503 instead, at most the schedule's longest delay). An address that is not public
+fails it at once (app/webhooks/guard.py). Every attempt is recorded in webhook_attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email.utils
 import json
 import logging
 import ssl
@@ -84,6 +87,8 @@ class Attempt:
     status_code: int | None
     error: str | None
     latency: float
+    retry_after: float | None = None
+    """Seconds the receiver asked to wait (Retry-After on a 429 or 503), capped."""
 
 
 def client(
@@ -123,8 +128,10 @@ class Deliveries:
         resolver: Resolver = resolve,
         connector: httpcore.AsyncNetworkBackend | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_retry_after: float = 6 * 3600.0,
     ) -> None:
         self._pool = pool
+        self._max_retry_after = max_retry_after
         self._render = render
         self._keys = tuple(keys)
         self._timeout = timeout
@@ -160,7 +167,7 @@ class Deliveries:
         at = datetime.now(UTC)
         attempt = await self.post(url, body, keys=keys, message_id=f"msg_{job.id.hex}")
         if attempt.outcome == "retrying" and job.attempts >= job.max_attempts:
-            attempt = Attempt("failed", attempt.status_code, attempt.error, attempt.latency)
+            attempt = dataclasses.replace(attempt, outcome="failed")
         await self._pool.execute(
             queries.webhook_attempt_record,
             target,
@@ -188,7 +195,9 @@ class Deliveries:
         if attempt.outcome == "delivered":
             return None
         reason = attempt.error or attempt.outcome
-        return Retry(reason) if attempt.outcome in ("retrying", "failed") else Fail(reason)
+        if attempt.outcome in ("retrying", "failed"):
+            return Retry(reason, after=attempt.retry_after)
+        return Fail(reason)
 
     async def post(self, url: str, body: bytes, *, keys: Sequence[bytes], message_id: str) -> Attempt:
         """One POST of `body` to `url`, signed with each of `keys`, classified."""
@@ -222,7 +231,29 @@ class Deliveries:
             return Attempt("delivered", status, None, latency)
         if status == 410:
             return Attempt("gone", status, "the receiver answered 410 Gone: not retried", latency)
-        return Attempt("retrying", status, f"the receiver answered {status}", latency)
+        wait = retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+        if wait is None:
+            return Attempt("retrying", status, f"the receiver answered {status}", latency)
+        wait = min(wait, self._max_retry_after)
+        return Attempt(
+            "retrying", status, f"the receiver answered {status}, Retry-After {wait:g} s", latency, wait
+        )
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delay-seconds or an HTTP date); None if absent or
+    unreadable."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 async def read_capped(response: httpx.Response, limit: int) -> None:
