@@ -371,7 +371,7 @@ async def test_move_to_s3_interrupted_and_run_again_moves_every_image_once(
         "--batch-size",
         "4",
         "--pause",
-        "0.3",
+        "2",  # the window to interrupt it in: the first batch is in long before the last
         env=env,
         stderr=subprocess.PIPE,
     )

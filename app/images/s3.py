@@ -15,7 +15,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -63,7 +63,8 @@ class Config:
     endpoint: str | None
     region: str
     prefix: str
-    credentials: tuple[str, str, str | None] | None
+    credentials: tuple[str, str, str | None] | None = field(repr=False)
+    """(access key id, secret, session token); None: the client finds them (a role)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Config | None:
