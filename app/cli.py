@@ -379,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_image_store(config)
         return serve_api(config)
     if args.command == "worker":
+        from app import registry
+
+        try:
+            registry.endpoint(config)  # the provider's key, checked before anything starts
+        except settings.SettingError as exc:
+            settings.stop(str(exc))
         config = prepare(config)
         check_image_store(config)
         return run_worker(config)

@@ -11,6 +11,7 @@ import configparser
 import ipaddress
 import os
 import re
+import string
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NoReturn
@@ -75,7 +76,10 @@ class KindSettings:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, case_sensitive=False)
+    # An empty variable counts as unset: docker-compose.yml passes unset ones through empty.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, case_sensitive=False, env_ignore_empty=True
+    )
 
     database_url: str | None = None
     """`postgresql://…`; unset means an embedded PostgreSQL under `data_dir`."""
@@ -110,6 +114,25 @@ class Settings(BaseSettings):
     image_provider_delay: float = Field(2.0, ge=0)
     image_size: int = Field(512, ge=64, le=2048)
 
+    image_provider: Literal["local", "openai", "openrouter"] = "local"
+    """What makes the images of new generations: the local renderer or an HTTP model."""
+    image_model: str | None = None
+    """The model asked for; required for HTTP providers (no default: it costs money)."""
+    image_prompt_template: str = "a cute {animal}"
+    """The text sent to the model; `{animal}` is its only placeholder, and it must be there."""
+    max_image_bytes: int = Field(20_000_000, ge=1_000)
+    """The largest image accepted from a provider, decoded."""
+    image_provider_timeout: PositiveSeconds = 120.0
+    """Seconds one provider call (or one image download) may take."""
+    provider_max_concurrency: int = Field(4, ge=1, le=1000)
+    """Provider calls in flight per worker process, whatever its slots."""
+    openai_base_url: AnyHttpUrl = AnyHttpUrl("https://api.openai.com/v1")
+    openai_api_key: SecretStr | None = None
+    openai_image_size: str = "1024x1024"
+    openrouter_base_url: AnyHttpUrl = AnyHttpUrl("https://openrouter.ai/api/v1")
+    openrouter_api_key: SecretStr | None = None
+    openrouter_modalities: Annotated[list[str], NoDecode] = ["image", "text"]
+
     worker_kinds: Annotated[list[str] | None, NoDecode] = None
     """The kinds of job this worker runs (comma list); None: every registered kind."""
     worker_concurrency: int = Field(
@@ -123,10 +146,11 @@ class Settings(BaseSettings):
         3, ge=1, le=100, validation_alias=AliasChoices("generate_max_attempts", "job_max_attempts")
     )
     """Attempts a generation gets (GENERATE_MAX_ATTEMPTS)."""
-    job_timeout: PositiveSeconds = Field(
-        300.0, validation_alias=AliasChoices("generate_timeout", "job_timeout")
+    job_timeout: PositiveSeconds | None = Field(
+        None, validation_alias=AliasChoices("generate_timeout", "job_timeout")
     )
-    """Seconds one attempt of a generation may run (GENERATE_TIMEOUT)."""
+    """Seconds one attempt of a generation may run (GENERATE_TIMEOUT); unset: see
+    `generation_timeout`."""
     shutdown_grace: float = Field(25.0, ge=0)
     retry_base_delay: float = Field(1.0, ge=0)
     retry_max_delay: float = Field(60.0, ge=0)
@@ -190,13 +214,54 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (or postgresql+asyncpg://)")
         return value
 
+    @field_validator("image_model")
+    @classmethod
+    def _model_for_http(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = (value or "").strip() or None
+        provider = info.data.get("image_provider", "local")
+        if value is None and provider != "local":
+            raise ValueError(f"required when IMAGE_PROVIDER={provider} (the model to ask for)")
+        return value
+
+    @field_validator("image_prompt_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"not a template: {exc}") from None
+        fields = [(field, spec, conversion) for _, field, spec, conversion in parsed if field is not None]
+        others = [
+            field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            for field, spec, conversion in fields
+            if (field, spec, conversion) != ("animal", "", None)
+        ]
+        if others:
+            raise ValueError(f"{{animal}} is its only placeholder, not {{{others[0]}}}")
+        if not fields:
+            raise ValueError("must contain {animal}")
+        return value
+
+    @field_validator("openai_image_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{2,5}x\d{2,5}|auto", value):
+            raise ValueError("must be WIDTHxHEIGHT (1024x1024) or auto")
+        return value
+
+    @field_validator("openrouter_modalities", mode="before")
+    @classmethod
+    def _modalities(cls, value: object) -> object:
+        value = _comma_list(value)
+        if isinstance(value, list) and "image" not in value:
+            raise ValueError("must include image (image,text or image)")
+        return value
+
     @field_validator("worker_kinds", "cors_origins", mode="before")
     @classmethod
-    def _comma_list(cls, value: object, info: ValidationInfo) -> object:
-        if isinstance(value, str):
-            parts = [part.strip() for part in value.split(",") if part.strip()]
-            return parts or (None if info.field_name == "worker_kinds" else [])
-        return value
+    def _lists(cls, value: object, info: ValidationInfo) -> object:
+        parts = _comma_list(value)
+        return parts or (None if info.field_name == "worker_kinds" else [])
 
     @field_validator("generate_backoff")
     @classmethod
@@ -204,6 +269,23 @@ class Settings(BaseSettings):
         if value is not None:
             parse_backoff(value)
         return value
+
+    def prompt(self, animal: str) -> str:
+        """The text sent to the model for `animal`."""
+        return self.image_prompt_template.format(animal=animal)
+
+    @property
+    def generation_timeout(self) -> float:
+        """JOB_TIMEOUT, or its default: 300 s for the local renderer; for an HTTP provider, time
+        for every image of every generation this worker runs at once (its slots) to take the
+        full IMAGE_PROVIDER_TIMEOUT, PROVIDER_MAX_CONCURRENCY calls at a time, plus a minute
+        (1260 s with the defaults: 10 images x 4 slots / 4 calls = 10 rounds of 120 s)."""
+        if self.job_timeout is not None:
+            return self.job_timeout
+        if self.image_provider == "local":
+            return 300.0
+        rounds = -(-self.max_images_per_job * self.worker_concurrency // self.provider_max_concurrency)
+        return rounds * self.image_provider_timeout + 60.0
 
     @field_validator("webhook_secret")
     @classmethod
@@ -263,7 +345,7 @@ class Settings(BaseSettings):
             return KindSettings(
                 slots=self.worker_concurrency,
                 max_attempts=self.job_max_attempts,
-                timeout=self.job_timeout,
+                timeout=self.generation_timeout,
                 backoff=parse_backoff(backoff)
                 if backoff
                 else ("exponential", self.retry_base_delay, self.retry_max_delay),
@@ -336,6 +418,13 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+
+def _comma_list(value: object) -> object:
+    """A comma list read from a variable, as the list of its items; anything else as it is."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def _kind_variables(name: str, *, skip: frozenset[str] | set[str] = frozenset()) -> KindSettings:

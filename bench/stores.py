@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from app import migrate  # noqa: E402
 from app.images import generations, s3, stores  # noqa: E402
 from app.images.generate import kind as generate_kind  # noqa: E402
+from app.images.providers import Image  # noqa: E402
 from app.images.providers.render import render_png  # noqa: E402
 from app.queue import jobs  # noqa: E402
 from app.queue.worker import Timing, Worker  # noqa: E402
@@ -200,8 +201,12 @@ async def measure_get(dsn_admin: str, quick: bool) -> dict[str, Any]:
 class MegabyteProvider:
     """Instant 1 MB images (random bytes behind a PNG signature: the stores do not look)."""
 
-    async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
-        return b"\x89PNG\r\n\x1a\n" + os.urandom(MB - 8)
+    name = "local"
+
+    async def generate(
+        self, *, prompt: str, model: str | None, animal: str, job_id: UUID, index: int
+    ) -> Image:
+        return Image(b"\x89PNG\r\n\x1a\n" + os.urandom(MB - 8), "image/png")
 
 
 async def measure_worker(dsn_admin: str, quick: bool) -> dict[str, Any]:

@@ -7,12 +7,14 @@
 -- are $7). A newly stored image is a change of the job: its version goes up, updated_at
 -- moves, and a `progress` event says which image. Recording an image twice (a write retried
 -- after a lost connection) changes nothing. Returns whether the worker still owned the job.
--- $1 job_id, $2 worker_id, $3 attempt, $4 idx, $5 store, $6 key, $7 png, $8 size, $9 sha256
+-- $1 job_id, $2 worker_id, $3 attempt, $4 idx, $5 store, $6 key, $7 png, $8 size, $9 sha256,
+-- $10 content_type, $11 provider, $12 model, $13 provider_request_id, $14 latency_ms
 WITH owned AS (
     SELECT id FROM job_queue WHERE id = $1 AND worker_id = $2 AND attempts = $3 FOR UPDATE
 ), stored AS (
-    INSERT INTO images (job_id, idx, store, key, png, size, sha256)
-    SELECT owned.id, $4, $5, $6, $7, $8, $9 FROM owned
+    INSERT INTO images (job_id, idx, store, key, png, size, sha256, content_type, provider, model,
+                        provider_request_id, latency_ms)
+    SELECT owned.id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM owned
     ON CONFLICT (job_id, idx) DO NOTHING
     RETURNING job_id
 ), touched AS (
@@ -28,9 +30,10 @@ SELECT EXISTS (SELECT FROM owned) AS owned FROM recorded;
 
 -- name: image_get
 -- One stored image, of a generation key $3 owns, or of any when $3 is NULL (an admin key,
--- AUTH=none, or a signed URL): where its bytes are, and the bytes when they are in the row.
+-- AUTH=none, or a signed URL): where its bytes are, the bytes when they are in the row, and
+-- its type.
 -- $1 job_id, $2 idx, $3 viewer key id
-SELECT i.store, i.key, i.png, coalesce(i.size, octet_length(i.png)) AS size, i.sha256
+SELECT i.store, i.key, i.png, coalesce(i.size, octet_length(i.png)) AS size, i.sha256, i.content_type
 FROM images i JOIN generations g ON g.job_id = i.job_id
 WHERE i.job_id = $1 AND i.idx = $2 AND ($3::bigint IS NULL OR g.owner_key = $3);
 

@@ -33,7 +33,16 @@ from tests.support import api_client, insert_generations
 BASE_URL = "http://menagerie.test"
 MAX_IMAGES = 10
 JOB_FIELDS = {"jobId", "status", "numImages", "animal", "imageUrls", "createdAt", "updatedAt", "error"}
-EXTRA_JOB_FIELDS = {"attempts", "startedAt", "finishedAt", "webhook", "webhookEvents"}
+EXTRA_JOB_FIELDS = {
+    "attempts",
+    "startedAt",
+    "finishedAt",
+    "webhook",
+    "webhookEvents",
+    "prompt",
+    "provider",
+    "model",
+}
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')
@@ -761,6 +770,8 @@ def a_job(status: Status, **fields: Any) -> Generation:
         started_at=fields.pop("started_at", None),
         finished_at=fields.pop("finished_at", None),
         image_indexes=fields.pop("image_indexes", []),
+        image_types=fields.pop("image_types", []),
+        **fields,
     )
 
 
@@ -768,7 +779,16 @@ def a_job(status: Status, **fields: Any) -> Generation:
     "job",
     [
         a_job(Status.PENDING),
-        a_job(Status.PROCESSING, attempts=1, started_at=datetime.now().astimezone(), image_indexes=[0, 2]),
+        a_job(
+            Status.PROCESSING,
+            attempts=1,
+            started_at=datetime.now().astimezone(),
+            image_indexes=[0, 2],
+            image_types=["image/png", "image/jpeg"],
+            prompt="a cute cat",
+            provider="openai",
+            model="gpt-image-1",
+        ),
         a_job(
             Status.FAILED,
             attempts=3,
@@ -789,5 +809,10 @@ def test_job_json_is_the_documented_job_object(job: Generation) -> None:
     assert written.keys() == schema["properties"].keys()
     assert written["createdAt"] == "2026-11-27T10:30:00.125002+00:00"
     assert written["error"] == job.error
-    assert written["imageUrls"] == [f"http://h/images/{job.id}/{index}.png" for index in job.image_indexes]
+    extensions = {"image/png": "png", "image/jpeg": "jpg"}
+    assert written["imageUrls"] == [
+        f"http://h/images/{job.id}/{index}.{extensions[kind]}"
+        for index, kind in zip(job.image_indexes, job.image_types, strict=True)
+    ]
+    assert (written["prompt"], written["provider"], written["model"]) == (job.prompt, job.provider, job.model)
     assert json.loads(jobs_json([job, job], base_url="http://h")) == [written, written]

@@ -146,6 +146,34 @@ def test_the_breakdown_timed_claim_and_completion_until_the_queue_was_empty(benc
             assert 0 < figures["claim_ms"] < 1000 and 0 < figures["finish_ms"] < 1000, run
 
 
+def test_the_providers_measure_stores_every_image_on_both_sides(admin_url: str) -> None:
+    """bench/providers.py runs a real worker process on the local renderer and one on the
+    `openai` provider against the fake model server, each until every image of every job is
+    stored (it exits non-zero otherwise), and prints images/s of both and their ratio."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "providers.py"),
+            "--jobs",
+            "4",
+            "--images",
+            "3",
+            "--size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for side in ("local", "openai"):
+        assert result[side]["images"] == 12 and result[side]["images_per_s"] > 0, result
+    assert result["openai_over_local"] > 0
+
+
 def webhook_bench(admin_url: str, *args: str) -> dict[str, Any]:
     """Run bench/webhooks.py with `args`; the figures it printed."""
     done = subprocess.run(

@@ -15,7 +15,7 @@ import pytest
 from app import queue
 from app.db import JOBS_CHANNEL
 from app.images import generate, generations, stores
-from app.images.providers import ProviderError
+from app.images.providers import Image, ProviderError
 from app.images.providers.local import LocalProvider
 from app.queue import jobs
 from app.queue.kinds import Job, Status
@@ -57,7 +57,11 @@ class CountingHandler:
 
 
 class FailingProvider:
-    async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
+    name = "local"
+
+    async def generate(
+        self, *, prompt: str, model: str | None, animal: str, job_id: UUID, index: int
+    ) -> Image:
         raise ProviderError("the model is on fire")
 
 
@@ -196,7 +200,13 @@ async def test_a_worker_that_lost_its_job_can_write_nothing(pool):
     await pool.execute("UPDATE job_queue SET worker_id = 'w2', attempts = attempts + 1 WHERE id = $1", job_id)
     mine = [(job_id, job.attempts)]
     assert not await stores.save(
-        pool, stores.PostgresStore(), job_id=job_id, worker_id="w1", attempt=job.attempts, index=0, png=b"png"
+        pool,
+        stores.PostgresStore(),
+        job_id=job_id,
+        worker_id="w1",
+        attempt=job.attempts,
+        index=0,
+        png=b"png",
     )
     assert not await jobs.complete_many(pool, worker_id="w1", jobs=mine)
     assert not await jobs.fail_many(pool, worker_id="w1", jobs=[(job_id, job.attempts, "late")])
@@ -343,7 +353,22 @@ BY_ID_STATEMENTS = {
     "job_hand_back": lambda job_id: ("w1", [job_id], [1]),
     "job_renew_leases": lambda job_id: ("w1", [job_id], [1], 30.0),
     "job_owned": lambda job_id: (job_id, "w1", 1),
-    "image_record": lambda job_id: (job_id, "w1", 1, 0, "postgres", None, b"png", 3, "sha"),
+    "image_record": lambda job_id: (
+        job_id,
+        "w1",
+        1,
+        0,
+        "postgres",
+        None,
+        b"png",
+        3,
+        "sha",
+        "image/png",
+        "local",
+        None,
+        None,
+        1,
+    ),
 }
 
 

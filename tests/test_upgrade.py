@@ -68,6 +68,10 @@ def expected_json(row: asyncpg.Record, indexes: list[int]) -> dict:
         "attempts": row["attempts"],
         "startedAt": row["started_at"].isoformat() if row["started_at"] else None,
         "finishedAt": row["finished_at"].isoformat() if row["finished_at"] else None,
+        # Added with providers: a job made before them was the local renderer's, with no prompt.
+        "prompt": None,
+        "provider": "local",
+        "model": None,
         "webhook": None,
         "webhookEvents": None,
     }

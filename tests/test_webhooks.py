@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from app import keys, registry
 from app.images import generate
+from app.images.providers import Image
 from app.queue import jobs as queue_jobs
 from app.queue.kinds import configured
 from app.queue.worker import Timing
@@ -623,12 +624,16 @@ class HeldProvider:
     """A provider whose images wait until the test releases them: generations as slow as it
     likes."""
 
+    name = "local"
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def generate(self, *, animal: str, job_id: UUID, index: int) -> bytes:
+    async def generate(
+        self, *, prompt: str, model: str | None, animal: str, job_id: UUID, index: int
+    ) -> Image:
         await self.release.wait()
-        return b"\x89PNG held"
+        return Image(b"\x89PNG held", "image/png")
 
 
 async def test_deliveries_do_not_wait_behind_slow_generations(

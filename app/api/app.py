@@ -212,14 +212,18 @@ async def create_generation(request: Request) -> Response:
             ).encode()
         ).hexdigest()
         replay = await known_job(state.pool, key=key, fingerprint=fingerprint, owner=owner)
+    animal = wanted.animal or random.choice(ANIMALS)
     spec = GenerationSpec(
         num_images=wanted.num_images,
-        animal=wanted.animal or random.choice(ANIMALS),
+        animal=animal,
         max_attempts=settings.job_max_attempts,
         webhook=wanted.webhook,
         webhook_events=tuple(wanted.webhook_events or DEFAULT_WEBHOOK_EVENTS),
         webhook_max_attempts=state.webhook_max_attempts,
         owner=None if owner is None else owner.id,
+        prompt=settings.prompt(animal),
+        provider=settings.image_provider,
+        model=settings.image_model,
     )
     replayed = replay is not None
     if replay is not None:
@@ -454,7 +458,7 @@ async def get_image(request: Request) -> Response:
     name: str = request.path_params["name"]
     stem, _, extension = name.partition(".")
     canonical = stem.isascii() and stem.isdigit() and len(stem) <= 6 and str(int(stem)) == stem
-    if extension != "png" or not canonical:
+    if not canonical:
         raise problems.no_such_image()
     keyed: auth.Auth | None = request.state.auth
     viewer = auth.viewer(request.scope)
@@ -469,6 +473,8 @@ async def get_image(request: Request) -> Response:
     image = await stores.get(state.pool, job_id=job_id, index=int(stem), viewer=viewer)
     if image is None:
         raise problems.no_such_image()
+    if extension != stores.EXTENSIONS[image.content_type]:
+        raise problems.no_such_image()
     etag = f'"{image.sha256}"'
     # With keys an image is one client's: a shared cache must not keep it.
     visibility = "public" if keyed is None else "private"
@@ -476,7 +482,7 @@ async def get_image(request: Request) -> Response:
     if etags.matches(header(request, b"if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if image.png is not None:
-        return Response(image.png, headers=headers, media_type="image/png")
+        return Response(image.png, headers=headers, media_type=image.content_type)
     return await object_response(state, image, headers)
 
 
@@ -498,7 +504,7 @@ async def object_response(state: Any, image: stores.Image, headers: dict[str, st
         log.error("image %s: %s", image.key, exc, extra={"action": "image_missing"})
         raise problems.no_such_image() from None
     return StreamingResponse(
-        body, headers={**headers, "Content-Length": str(image.size)}, media_type="image/png"
+        body, headers={**headers, "Content-Length": str(image.size)}, media_type=image.content_type
     )
 
 
@@ -541,7 +547,7 @@ async def metrics_endpoint(request: Request) -> Response:
     state = request.state
     metrics: ServerMetrics = state.metrics
     with suppress(db.Unavailable, db.StatementFailed):
-        depth = await generations.queue_depth(state.pool)
+        depth = await generations.queue_depth(state.pool, kind=state.backlog.kind)
         metrics.queue_depth.labels("pending").set(depth["pending"])
         metrics.queue_depth.labels("processing").set(depth["processing"])
         oldest = depth["oldest_due"]
@@ -617,7 +623,9 @@ def create_app(settings: Settings) -> Starlette:
                 "pool": pool,
                 "migration_ids": migration_ids(),
                 "watch": watch,
-                "backlog": backlog.Backlog(settings.max_pending_jobs),
+                "backlog": backlog.Backlog(
+                    settings.max_pending_jobs, kind=generations.kind_for(settings.image_provider)
+                ),
                 "metrics": metrics,
                 "creations": generations.creations(pool, max_batch=settings.insert_batch_max),
                 "stores": s3.stores_for(settings),

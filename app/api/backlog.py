@@ -1,5 +1,5 @@
 """Backpressure for POST /generations: refuse new work (503) while MAX_PENDING_JOBS
-generations wait.
+generations wait in the queue new ones join (the kind of IMAGE_PROVIDER).
 
 The pending count is read at most once a second per process (counted no further than the
 limit, through the claim's index), so refusing work never costs a count(*) per request;
@@ -26,8 +26,10 @@ class Full(Exception):
 
 
 class Backlog:
-    def __init__(self, limit: int, *, max_age: float = 1.0) -> None:
+    def __init__(self, limit: int, *, kind: str = generations.KIND, max_age: float = 1.0) -> None:
         self.limit = limit
+        self.kind = kind
+        """The generation kind new jobs are created as (IMAGE_PROVIDER's): the queue counted."""
         self._max_age = max_age
         self._count = 0
         """Waiting jobs: the last read, plus what this server admitted that the read may not
@@ -70,7 +72,7 @@ class Backlog:
         carried = self._in_flight
         self._admitted_since_read = 0
         try:
-            counted = await generations.pending_count(pool, cap=self.limit)
+            counted = await generations.pending_count(pool, cap=self.limit, kind=self.kind)
             self._count = counted + carried + self._admitted_since_read
             self._read_at = time.monotonic()
             return self._count

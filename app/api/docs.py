@@ -434,14 +434,22 @@ GET_IMAGE = Operation(
     summary="Download an image",
     tag="images",
     description=(
-        "A PNG listed in a job's `imageUrls`. Immutable: cache it forever. With API keys, "
+        "An image listed in a job's `imageUrls`, as the provider made it: PNG, JPEG or WebP, served "
+        "with its type, at a URL whose extension follows the type (`.png`, `.jpg`, `.webp`; "
+        "another extension is a 404). Immutable: cache it forever. With API keys, "
         "the URLs in `imageUrls` are signed (`expires`, `sig`) so that a browser's `<img>` "
         "needs no key; without a signature the job's key (or an admin key) is needed. An "
         "expired or altered signature is a 404. Served `Cache-Control: private` with keys."
     ),
     params=(
         JOB_ID,
-        Param("name", "path", "`{index}.png`, the index counting from 0", {"type": "string"}, "0.png"),
+        Param(
+            "name",
+            "path",
+            "`{index}.{png|jpg|webp}`, the index counting from 0 and the extension of the image's type",
+            {"type": "string"},
+            "0.png",
+        ),
         IF_NONE_MATCH,
         Param(
             "expires",
@@ -454,11 +462,15 @@ GET_IMAGE = Operation(
     signed=True,
     replies={
         200: Reply(
-            "The PNG",
-            content={"image/png": {"type": "string", "contentMediaType": "image/png"}},
+            "The image",
+            content={
+                kind: {"type": "string", "contentMediaType": kind}
+                for kind in ("image/png", "image/jpeg", "image/webp")
+            },
             headers={
                 "ETag": Header(
-                    "sha256 of the PNG", '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"'
+                    "sha256 of the image",
+                    '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
                 ),
                 "Cache-Control": Header(
                     "Immutable; private with API keys", "private, max-age=31536000, immutable"

@@ -21,6 +21,7 @@ from pydantic import (
 from app.api.problems import echo
 from app.images.animals import ANIMALS
 from app.images.generations import Generation, Moment
+from app.images.stores import EXTENSIONS
 from app.queue.kinds import Status as JobStatus
 from app.queue.overview import Overview
 from app.webhooks.guard import MAX_URL_LENGTH, check_url
@@ -142,6 +143,9 @@ EXAMPLE_JOB: dict[str, Any] = {
     "attempts": 1,
     "startedAt": "2026-11-27T10:30:00.125002+00:00",
     "finishedAt": "2026-11-27T10:30:04.456789+00:00",
+    "prompt": "a cute bear",
+    "provider": "openai",
+    "model": "gpt-image-1",
     "webhook": "https://example.com/hooks/menagerie",
     "webhookEvents": ["completed"],
 }
@@ -164,6 +168,15 @@ class JobOut(BaseModel):
     attempts: int
     started_at: Timestamp | None = Field(serialization_alias="startedAt")
     finished_at: Timestamp | None = Field(serialization_alias="finishedAt")
+    prompt: str | None = Field(
+        description="The text sent to the model (null for jobs made before providers existed)"
+    )
+    provider: str = Field(
+        description="What makes its images: `local`, `openai` or `openrouter`, fixed at creation"
+    )
+    model: str | None = Field(
+        description="The model asked for, fixed at creation; null for the local renderer"
+    )
     webhook: str | None = Field(description="The URL its changes are POSTed to; null when none")
     webhook_events: list[WebhookEvent] | None = Field(
         serialization_alias="webhookEvents", description="The changes delivered to `webhook`; null when none"
@@ -192,10 +205,13 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
     GET, POST and event-stream hot path, where building a JobOut (pydantic's model_construct)
     cost as much as the rest of the request. tests/test_api.py holds it to JobOut's schema for
     every status. With a `signer`, image URLs carry its signature."""
+    paths = [
+        f"/images/{job.id}/{index}.{EXTENSIONS[content_type]}"
+        for index, content_type in zip(job.image_indexes, job.image_types, strict=True)
+    ]
     if signer is None:
-        image_urls = [f"{base_url}/images/{job.id}/{index}.png" for index in job.image_indexes]
+        image_urls = [f"{base_url}{path}" for path in paths]
     else:
-        paths = [f"/images/{job.id}/{index}.png" for index in job.image_indexes]
         image_urls = [f"{base_url}{path}{signer(path)}" for path in paths]
     return _json.dumps(
         {
@@ -210,6 +226,9 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
             "attempts": job.attempts,
             "startedAt": None if job.started_at is None else job.started_at.isoformat(),
             "finishedAt": None if job.finished_at is None else job.finished_at.isoformat(),
+            "prompt": job.prompt,
+            "provider": job.provider,
+            "model": job.model,
             "webhook": job.webhook,
             "webhookEvents": job.webhook_events,
         },

@@ -1,4 +1,5 @@
-"""Catalogue of animals the service can draw; each name is a key of the local renderer."""
+"""Catalogue of animals the service can draw. Every provider draws every one: an HTTP model
+from the prompt that names it, the local renderer from a drawing of its own for each."""
 
 ANIMALS: tuple[str, ...] = (
     "bear",

@@ -17,11 +17,23 @@ import asyncpg
 
 from app import db
 from app.batching import Batcher
+from app.images.providers import NAMES
 from app.queue import jobs as queue
 from app.queue.kinds import Status
 from app.sql import queries
 
 KIND = "generate"
+"""The generation kind of the local renderer; each HTTP provider has its own (`kind_for`)."""
+
+
+def kind_for(provider: str) -> str:
+    """The kind of a generation made by `provider`: `generate` for the local renderer (every
+    generation made before providers existed), `generate-<provider>` for the others."""
+    return KIND if provider == "local" else f"{KIND}-{provider}"
+
+
+KINDS = [kind_for(provider) for provider in NAMES]
+"""Every generation kind."""
 
 Connection = db.Executor
 
@@ -40,11 +52,17 @@ class Generation:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    prompt: str | None = None
+    """The text sent to the model (None: made before providers existed)."""
+    provider: str = "local"
+    model: str | None = None
     image_indexes: list[int] = field(default_factory=list)
     webhook: str | None = None
     """The URL its changes are POSTed to, if it asked for one."""
     webhook_events: list[str] | None = None
     """Which changes are (start, image, completed); None without a webhook."""
+    image_types: list[str] = field(default_factory=list)
+    """The content type of each stored image, in the order of `image_indexes`."""
 
     @classmethod
     def from_record(cls, record: Any) -> Generation:
@@ -59,16 +77,21 @@ class Generation:
             updated_at=record["updated_at"],
             started_at=record["started_at"],
             finished_at=record["finished_at"],
+            prompt=record["prompt"],
+            provider=record["provider"],
+            model=record["model"],
             image_indexes=list(record["image_indexes"]),
             webhook=record["webhook"],
             webhook_events=None if record["webhook_events"] is None else list(record["webhook_events"]),
+            image_types=list(record["image_types"]),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What a client asks for: `num_images` pictures of `animal`; `owner`: the key asking
-    (keys.id), None without one."""
+    """What a client asks for, `num_images` pictures of `animal`; `owner`: the key asking
+    (keys.id), None without one; and what the server's settings fix for it: the prompt sent,
+    the provider and the model."""
 
     num_images: int
     animal: str
@@ -79,6 +102,9 @@ class Request:
     webhook_max_attempts: int = 1
     """Attempts each of its webhook deliveries gets."""
     owner: int | None = None
+    prompt: str | None = None
+    provider: str = "local"
+    model: str | None = None
 
 
 @db.translated
@@ -96,6 +122,10 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
         [request.webhook for request in requests],
         [",".join(request.webhook_events) for request in requests],
         [request.webhook_max_attempts for request in requests],
+        [kind_for(request.provider) for request in requests],
+        [request.prompt for request in requests],
+        [request.provider for request in requests],
+        [request.model for request in requests],
     )
     created = {row[0]: row[1] for row in rows}
     return [
@@ -112,6 +142,9 @@ async def create_many(conn: Connection, requests: Sequence[Request]) -> list[Gen
             finished_at=None,
             webhook=request.webhook,
             webhook_events=list(request.webhook_events) if request.webhook else None,
+            prompt=request.prompt,
+            provider=request.provider,
+            model=request.model,
         )
         for job_id, request in zip(ids, requests, strict=True)
     ]
@@ -149,15 +182,15 @@ async def cancel(conn: Connection, *, job_id: UUID, viewer: int | None = None) -
 
 
 @db.translated
-async def pending_count(conn: Connection, *, cap: int) -> int:
-    """Generations waiting, counted no further than `cap`."""
-    return await queue.pending_count(conn, kind=KIND, cap=cap)
+async def pending_count(conn: Connection, *, cap: int, kind: str = KIND) -> int:
+    """Generations of `kind` waiting, counted no further than `cap`."""
+    return await queue.pending_count(conn, kind=kind, cap=cap)
 
 
 @db.translated
-async def queue_depth(conn: Connection) -> asyncpg.Record:
-    """(pending, processing, oldest_due, now) of generations."""
-    return await queue.depth(conn, kind=KIND)
+async def queue_depth(conn: Connection, *, kind: str = KIND) -> asyncpg.Record:
+    """(pending, processing, oldest_due, now) of generations of `kind`."""
+    return await queue.depth(conn, kind=kind)
 
 
 async def forget(conn: db.Connection, job_ids: list[UUID]) -> None:
@@ -240,8 +273,9 @@ def list_statement(
             job_id,
             limit,
             viewer,
+            KINDS,
         )
-    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, viewer)
+    return queries.generation_list_unsuccessful, (status.value, created_at, job_id, limit, viewer, KINDS)
 
 
 @db.translated

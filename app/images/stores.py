@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 POSTGRES = "postgres"
 
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+"""The extension of an image's URL, by its type: `/images/{job}/{index}.{extension}`."""
+
 
 class StoreUnavailable(Exception):
     """The store cannot be reached now (down, timing out, refusing): worth trying again later."""
@@ -54,6 +57,8 @@ class Image:
     png: bytes | None
     size: int
     sha256: str
+    content_type: str = "image/png"
+    """image/png, image/jpeg or image/webp: as the provider sent it."""
 
 
 class ImageStore(Protocol):
@@ -145,6 +150,10 @@ async def save(
     png: bytes,
     content_type: str = "image/png",
     db_patience: float = 30.0,
+    provider: str | None = None,
+    model: str | None = None,
+    request_id: str | None = None,
+    latency_ms: int | None = None,
 ) -> bool:
     """Put the image's bytes in `store`, then record its row if the worker still owns this
     attempt of the job; say whether it did. The row's write rides out a database outage of up
@@ -164,6 +173,11 @@ async def save(
             placement=placed,
             size=len(png),
             sha256=digest,
+            content_type=content_type,
+            provider=provider,
+            model=model,
+            request_id=request_id,
+            latency_ms=latency_ms,
         )
 
     return await db.with_retries(write_row, deadline=db_patience)
@@ -179,8 +193,15 @@ async def record(
     placement: Placement,
     size: int,
     sha256: str,
+    content_type: str = "image/png",
+    provider: str | None = None,
+    model: str | None = None,
+    request_id: str | None = None,
+    latency_ms: int | None = None,
 ) -> bool:
-    """Record one image if the worker still owns this attempt of the job; say whether it did."""
+    """Record one image, with its type and where it came from (the provider, its model and
+    request id, the call's latency), if the worker still owns this attempt of the job; say
+    whether it did."""
     owned: bool = await conn.fetchval(
         queries.image_record,
         job_id,
@@ -192,6 +213,11 @@ async def record(
         placement.png,
         size,
         sha256,
+        content_type,
+        provider,
+        model,
+        request_id,
+        latency_ms,
     )
     return owned
 
@@ -201,7 +227,11 @@ async def get(conn: db.Executor, *, job_id: UUID, index: int, viewer: int | None
     """The image's row, or None (also when key `viewer` does not own the job; None: whoever
     owns it)."""
     row = await conn.fetchrow(queries.image_get, job_id, index, viewer)
-    return None if row is None else Image(row["store"], row["key"], row["png"], row["size"], row["sha256"])
+    return (
+        None
+        if row is None
+        else Image(row["store"], row["key"], row["png"], row["size"], row["sha256"], row["content_type"])
+    )
 
 
 async def forget(conn: db.Connection, job_ids: list[UUID]) -> dict[str, list[str]]:

@@ -79,12 +79,14 @@ class Outcome(Exception):
 
 
 class Retry(Outcome):
-    """Try the job again: after `after` seconds when given (a provider's Retry-After), else after
-    the kind's backoff. Once the job has used all its attempts it fails with `reason`."""
+    """Try the job again: after `after` seconds when given, else after the kind's backoff, and
+    in either case not before `at_least` seconds (a provider's Retry-After, honoured when it is
+    longer). Once the job has used all its attempts it fails with `reason`."""
 
-    def __init__(self, reason: str, *, after: float | None = None) -> None:
+    def __init__(self, reason: str, *, after: float | None = None, at_least: float | None = None) -> None:
         super().__init__(reason)
         self.after = after
+        self.at_least = at_least
 
 
 class Fail(Outcome):

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
-from app.queue.kinds import Kind
+from app.queue.kinds import Forget, Kind
 from app.queue.maintenance import Maintenance, Round, queue_rounds
 from app.queue.worker import Timing, Worker
 from app.settings import SettingError, Settings
@@ -57,11 +57,13 @@ async def serve(
     pool: asyncpg.Pool,
     registry: Sequence[Kind],
     rounds: Sequence[Round] = (),
+    retained: Mapping[str, Forget | None] | None = None,
     collectors: Sequence[Collector] = (),
 ) -> None:
     """Run one worker for the kinds WORKER_KINDS selects from `registry`, with the queue's
     maintenance rounds and `rounds`, until SIGTERM or SIGINT (a second one skips the grace
-    period). Retention deletes finished jobs of every registered kind, with its own data.
+    period). Retention deletes finished jobs of every registered kind, with its own data, and
+    of the kinds in `retained` (kinds this worker does not run), with what each forgets.
     `collectors` (a kind's own metrics) are served beside the worker's."""
     worker = Worker(
         pool=pool,
@@ -79,7 +81,7 @@ async def serve(
                 lease_seconds=settings.lease_seconds,
                 retention_days=settings.retention_days,
                 retention_batch=settings.retention_batch_size,
-                forget={kind.name: kind.forget for kind in registry},
+                forget={**(retained or {}), **{kind.name: kind.forget for kind in registry}},
                 on_reclaimed=metrics.reclaimed,
             ),
             *rounds,

@@ -416,8 +416,9 @@ class Worker:
         elif isinstance(outcome, Fail):
             self._outcomes.failed.append((job, outcome.reason))
         else:
+            at_least = 0.0
             if isinstance(outcome, Retry):
-                reason, after = outcome.reason, outcome.after
+                reason, after, at_least = outcome.reason, outcome.after, outcome.at_least or 0.0
             else:
                 log.error(
                     "handler crashed on job %s",
@@ -429,7 +430,7 @@ class Worker:
             if job.attempts >= job.max_attempts:
                 self._outcomes.failed.append((job, reason))
             else:
-                delay = lane.kind.backoff.delay(job.attempts) if after is None else after
+                delay = max(at_least, lane.kind.backoff.delay(job.attempts) if after is None else after)
                 self._outcomes.retried.append((job, reason, delay))
         lane.writing += 1
         if self._writer is None:

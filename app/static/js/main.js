@@ -344,11 +344,16 @@ async function refreshQueue() {
   queueDue = Date.now() + 10000;
   try {
     const { data } = await api("/queue");
-    const generate = data.kinds.find((kind) => kind.kind === "generate") || {
-      pending: 0,
-      processing: 0,
-      longestWaitSeconds: null,
-    };
+    // Generations of every provider: generate (the local renderer), generate-openai, ...
+    const generate = { pending: 0, processing: 0, longestWaitSeconds: null };
+    for (const kind of data.kinds) {
+      if (kind.kind !== "generate" && !kind.kind.startsWith("generate-")) continue;
+      generate.pending += kind.pending;
+      generate.processing += kind.processing;
+      if (kind.longestWaitSeconds !== null) {
+        generate.longestWaitSeconds = Math.max(generate.longestWaitSeconds ?? 0, kind.longestWaitSeconds);
+      }
+    }
     $("queue-pending").textContent = String(generate.pending);
     $("queue-processing").textContent = String(generate.processing);
     $("queue-wait").textContent = duration(generate.longestWaitSeconds);
