@@ -49,7 +49,7 @@ _FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 worker_id: ContextVar[str | None] = ContextVar("worker_id", default=None)
 """Set by a worker's run loop; every task it starts inherits it, so its records carry it."""
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-"""Set while a request is handled (the API's RequestIdMiddleware)."""
+"""Set while a request is handled (app/api/edge.py)."""
 
 
 class ContextFieldsFilter(logging.Filter):

@@ -1,6 +1,6 @@
 """The documents a newcomer reads stay true: the API contract's endpoint table lists exactly
 the operations the OpenAPI document (generated from the code) has, and the README links only
-to files inside the repository."""
+to files inside the repository and names every module of the package in its code layout."""
 
 from __future__ import annotations
 
@@ -45,3 +45,12 @@ def test_the_readme_links_only_to_files_in_the_repository():
     for target in links:
         path = (ROOT / target).resolve()
         assert path.is_relative_to(ROOT) and path.exists(), target
+
+
+def test_the_readmes_code_layout_names_every_module():
+    """Every module of app/ has a row in the README's code layout (a new module comes with its
+    line there)."""
+    layout = (ROOT / "README.md").read_text().split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    modules = [path.relative_to(ROOT).as_posix() for path in (ROOT / "app").rglob("*.py")]
+    unnamed = [module for module in modules if module not in layout and not module.endswith("__init__.py")]
+    assert modules and not unnamed

@@ -42,8 +42,8 @@ from app.api import (
     swagger,
 )
 from app.api.auth import AuthMiddleware
-from app.api.headers import SecurityHeadersMiddleware
-from app.api.metrics import HttpMetricsMiddleware, ServerMetrics
+from app.api.edge import EdgeMiddleware
+from app.api.metrics import ServerMetrics
 from app.api.models import (
     DEFAULT_WEBHOOK_EVENTS,
     MAX_BODY_BYTES,
@@ -61,7 +61,6 @@ from app.api.models import (
 )
 from app.api.openapi import documented
 from app.api.problems import Problem, exception_handlers, readable, validation_problem
-from app.api.request_ids import RequestIdMiddleware
 from app.batching import Batcher
 from app.images import generations, s3, stores
 from app.images.animals import ANIMALS
@@ -648,11 +647,12 @@ def create_app(settings: Settings) -> Starlette:
             await pool.close()
 
     routes = [
+        # The busiest first: the router tries each route's pattern in turn.
+        Route("/generations/events", all_events, methods=["GET"]),  # before {job_id}
+        Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations", create_generation, methods=["POST"]),
         Route("/generations", list_generations, methods=["GET"]),
-        Route("/generations/events", all_events, methods=["GET"]),
         Route("/generations/events/token", stream_token, methods=["POST"]),
-        Route("/generations/{job_id}", get_generation, methods=["GET"]),
         Route("/generations/{job_id}/cancel", cancel_generation, methods=["POST"]),
         Route("/generations/{job_id}/events", job_events, methods=["GET"]),
         Route("/generations/{job_id}/webhooks", list_webhook_attempts, methods=["GET"]),
@@ -670,11 +670,9 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(HttpMetricsMiddleware, metrics=metrics),
-            Middleware(SecurityHeadersMiddleware),
+            Middleware(EdgeMiddleware, metrics=metrics),
             *cors(settings),
-            Middleware(AuthMiddleware),
+            *([Middleware(AuthMiddleware)] if settings.auth == "keys" else []),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

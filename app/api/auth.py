@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import db, keys
-from app.api.headers import header
+from app.api.headers import add_to_answer, header
 from app.api.problems import Problem, problem_response
 from app.keys import Key, KeyedHash
 
@@ -42,6 +42,9 @@ dashboard itself asks for a key, and keeps it in the tab."""
 STREAM_PATH = "/generations/events"
 
 KEY_ATTRIBUTE = "menagerie.key"
+PRIVATE = ((b"cache-control", b"private"),)
+"""A keyed answer is for its key alone: no shared cache keeps it (unless the endpoint says
+otherwise, as images and event streams do)."""
 
 
 def is_public(path: str) -> bool:
@@ -148,8 +151,14 @@ class Verdict:
 
 @dataclass
 class Held:
-    """Tokens this process took from one key's shared bucket and has not used yet."""
+    """Tokens this process took from one key's shared bucket and has not used yet, and what
+    the key's limits make of them (worked out once per key, not per request)."""
 
+    key: Key
+    batch: int
+    """Tokens taken from the shared bucket at once (Limiter)."""
+    policy: bytes
+    """The key's RateLimit-Policy header."""
     tokens: int = 0
     until: float = 0.0
     left: float = 0.0
@@ -177,8 +186,8 @@ class Limiter:
 
     async def take(self, key: Key) -> Verdict:
         held = self._held.get(key.id)
-        if held is None:
-            held = self._held[key.id] = Held()
+        if held is None or held.key is not key:  # new, or looked up again (KeyCache)
+            held = self._hold(key, held)
         now = time.monotonic()
         if held.until <= now:
             held.tokens = 0
@@ -192,13 +201,17 @@ class Limiter:
             if held.tokens <= 0:
                 return self._verdict(key, held, allowed=False, now=now)
         held.tokens -= 1
-        if held.tokens <= self._batch(key) // 2 and held.refill is None:
+        if held.tokens <= held.batch // 2 and held.refill is None:
             held.refill = self._start_refill(key, held)
         return self._verdict(key, held, allowed=True, now=now)
 
-    @staticmethod
-    def _batch(key: Key) -> int:
-        return max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
+    def _hold(self, key: Key, held: Held | None) -> Held:
+        batch = max(1, min(key.burst, math.ceil(key.rate * BATCH_SECONDS)))
+        if held is None:
+            held = self._held[key.id] = Held(key, batch, policy(key))
+        else:
+            held.key, held.batch, held.policy = key, batch, policy(key)
+        return held
 
     def _start_refill(self, key: Key, held: Held) -> asyncio.Task[None]:
         task = asyncio.create_task(self._refill(key, held))
@@ -209,7 +222,7 @@ class Limiter:
 
     async def _refill(self, key: Key, held: Held) -> None:
         try:
-            granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=self._batch(key))
+            granted, left = await keys.take_tokens(self._pool, key_id=key.id, wanted=held.batch)
             now = time.monotonic()
             if held.until <= now:
                 held.tokens = 0
@@ -226,10 +239,7 @@ class Limiter:
     def _verdict(key: Key, held: Held, *, allowed: bool, now: float) -> Verdict:
         remaining = max(0, held.tokens + math.floor(held.left))
         reset = math.ceil(max(0.0, key.burst - remaining) / key.rate)
-        headers = [
-            (b"ratelimit-policy", policy(key)),
-            (b"ratelimit", f'"key";r={remaining};t={reset}'.encode()),
-        ]
+        headers = [(b"ratelimit-policy", held.policy), (b"ratelimit", ratelimit(remaining, reset))]
         if allowed:
             return Verdict(True, headers)
         retry_after = max(1, math.ceil(held.denied_until - now))
@@ -237,6 +247,11 @@ class Limiter:
 
 
 @functools.lru_cache(maxsize=4096)
+def ratelimit(remaining: int, reset: int) -> bytes:
+    """RateLimit: `remaining` requests left, the bucket full again in `reset` seconds."""
+    return f'"key";r={remaining};t={reset}'.encode()
+
+
 def policy(key: Key) -> bytes:
     """RateLimit-Policy: the key's rate as q requests per w seconds (w=1 from 1/s up)."""
     window = 1 if key.rate >= 1 else math.ceil(1 / key.rate)
@@ -251,12 +266,21 @@ class ImageSigner:
     def __init__(self, secret: Lazy, ttl: float) -> None:
         self._secret = secret
         self._ttl = ttl
+        self._last: Signing | None = None
 
     async def signer(self, now: float | None = None) -> Signing:
+        """The Signing of URLs written now: the same one (and its signatures) for every
+        request until the expiry moves on, half a TTL later."""
         half = self._ttl / 2
         moment = time.time() if now is None else now
         expires = int(math.ceil((moment + self._ttl) / half) * half)
-        return Signing(self._secret.value or await self._secret.get(), expires)
+        last = self._last
+        if last is not None and last.expires == expires:
+            return last
+        signing = Signing(self._secret.value or await self._secret.get(), expires)
+        if now is None:
+            self._last = signing
+        return signing
 
     async def valid(self, path: str, *, expires: str | None, signature: str | None) -> bool:
         """Whether `signature` signs `path` until `expires`, which is still to come."""
@@ -266,15 +290,25 @@ class ImageSigner:
         return hmac.compare_digest(wanted, signature.encode("ascii", "replace"))
 
 
-@dataclass(frozen=True, slots=True)
 class Signing:
-    """Signs paths until one expiry (the Signer that job_json takes)."""
+    """Signs paths until one expiry (the Signer that job_json takes). A job read again and
+    again (clients poll) has its images' signatures made once."""
 
-    secret: keys.KeyedHash
-    expires: int
+    MAX_KEPT = 10_000
+
+    def __init__(self, secret: keys.KeyedHash, expires: int) -> None:
+        self.secret = secret
+        self.expires = expires
+        self._made: dict[str, str] = {}
 
     def __call__(self, path: str) -> str:
-        return f"?expires={self.expires}&sig={_signature(self.secret, path, self.expires).decode()}"
+        made = self._made.get(path)
+        if made is None:
+            if len(self._made) >= self.MAX_KEPT:
+                self._made.clear()
+            signature = _signature(self.secret, path, self.expires).decode()
+            made = self._made[path] = f"?expires={self.expires}&sig={signature}"
+        return made
 
 
 def _signature(secret: keys.KeyedHash, path: str, expires: int) -> bytes:
@@ -349,6 +383,8 @@ def bearer(authorization: str | None) -> str:
     """The key in `Authorization: Bearer <key>`; "" when there is none (then no key matches)."""
     if authorization is None:
         return ""
+    if authorization.startswith("Bearer ") and " " not in authorization[7:]:
+        return authorization[7:]  # as every client writes it
     scheme, _, token = authorization.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
@@ -408,14 +444,5 @@ class AuthMiddleware:
             await response(scope, receive, send)
             return
         scope[KEY_ATTRIBUTE] = key
-        extra = verdict.headers
-
-        async def send_private(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), *extra]
-                if not any(name == b"cache-control" for name, _ in headers):  # Starlette's are lower-case
-                    headers.append((b"cache-control", b"private"))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_private)
+        add_to_answer(scope, verdict.headers, unless_set=PRIVATE)
+        await self.app(scope, receive, send)

@@ -1,8 +1,10 @@
-"""Request headers read once per request, and the headers every answer carries."""
+"""Request headers read once per request, and the headers answers carry."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from collections.abc import Sequence
+
+from starlette.types import Scope
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -18,25 +20,29 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+"""On every answer: a browser never guesses a type other than the one sent, and signed image
+URLs do not leak to other sites through Referer."""
+
+Header = tuple[bytes, bytes]
+_ADDED = "menagerie.answer_headers"
 
 
-class SecurityHeadersMiddleware:
-    """Every answer says `X-Content-Type-Options: nosniff` (a browser never guesses a type
-    other than the one sent) and `Referrer-Policy: no-referrer` (signed image URLs do not
-    leak to other sites)."""
+def add_to_answer(scope: Scope, always: Sequence[Header], *, unless_set: Sequence[Header] = ()) -> None:
+    """Ask for headers on this request's answer, whichever endpoint writes it: `always`, and
+    each of `unless_set` when the answer has no header of that name (app/api/edge.py adds
+    them)."""
+    scope[_ADDED] = (always, unless_set)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_secured)
+def with_added(scope: Scope, headers: list[Header]) -> list[Header]:
+    """`headers` (an answer's, lower-case names as Starlette writes them) and those asked for
+    with add_to_answer."""
+    added: tuple[Sequence[Header], Sequence[Header]] | None = scope.get(_ADDED)
+    if added is None:
+        return headers
+    always, unless_set = added
+    headers.extend(always)
+    present = {name for name, _ in headers}
+    headers.extend(pair for pair in unless_set if pair[0] not in present)
+    return headers

@@ -3,11 +3,9 @@ several can live in one process, as in the tests). A worker's are in app/queue/m
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Gauge
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from app.queue.metrics import CounterChild, FastCounter, FastHistogram, HistogramChild
 
@@ -44,39 +42,15 @@ class ServerMetrics:
             "How long the oldest due pending job has waited (0 when none)",
             registry=self.registry,
         )
-
-
-class HttpMetricsMiddleware:
-    """Counts every request by its route template (never the raw path: ids would explode the
-    label space), and times it to the start of the response."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
         self._by_key: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        responded: float | None = None
-
-        async def record(message: Message) -> None:
-            nonlocal status, responded
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                responded = time.perf_counter()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            counter, timer = self._children(_template(scope), scope["method"], status)
-            counter.inc()
-            if responded is not None:
-                timer.observe(responded - started)
+    def count_request(self, scope: Scope, status: int, seconds_to_start: float | None) -> None:
+        """Count a request by its route template (never the raw path: ids would explode the
+        label space) and time it to the start of its answer (None: it never started)."""
+        counter, timer = self._children(_template(scope), scope["method"], status)
+        counter.inc()
+        if seconds_to_start is not None:
+            timer.observe(seconds_to_start)
 
     def _children(self, template: str, method: str, status: int) -> tuple[CounterChild, HistogramChild]:
         """The counter and histogram children of a route, method and status, looked up once."""
@@ -84,8 +58,8 @@ class HttpMetricsMiddleware:
         children = self._by_key.get(key)
         if children is None:
             children = self._by_key[key] = (
-                self.metrics.requests.labels(template, method, str(status)),
-                self.metrics.latency.labels(template, method),
+                self.requests.labels(template, method, str(status)),
+                self.latency.labels(template, method),
             )
         return children
 

@@ -200,6 +200,10 @@ Signer = Callable[[str], str]
 """The query string (`?expires=…&sig=…`) that lets a browser GET an image path without a key."""
 
 
+_JOB_ENCODER = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Made once: json.dumps with any option builds a new encoder per call."""
+
+
 def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) -> bytes:
     """The job as JobOut's JSON, written directly rather than through the model: this is the
     GET, POST and event-stream hot path, where building a JobOut (pydantic's model_construct)
@@ -213,7 +217,7 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
         image_urls = [f"{base_url}{path}" for path in paths]
     else:
         image_urls = [f"{base_url}{path}{signer(path)}" for path in paths]
-    return _json.dumps(
+    return _JOB_ENCODER.encode(
         {
             "jobId": str(job.id),
             "status": job.status.value,
@@ -231,9 +235,7 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
             "model": job.model,
             "webhook": job.webhook,
             "webhookEvents": job.webhook_events,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
+        }
     ).encode()
 
 
