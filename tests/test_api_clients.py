@@ -252,6 +252,46 @@ async def test_requests_that_find_the_pending_count_stale_share_one_read(pool):
     assert counting.statements == 2
 
 
+class SlowPool(CountingPool):
+    """The real pool, whose reads wait until `go` is set."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.go = asyncio.Event()
+
+    async def fetchval(self, *args: Any) -> Any:
+        await self.go.wait()
+        return await super().fetchval(*args)
+
+
+async def test_a_stale_count_that_admits_is_read_again_without_making_requests_wait(pool):
+    """Once the pending count is stale, a request the last count admits is answered at once
+    while the count is read again in the background, and later requests get the new count; a
+    request the last count refuses waits for the new read (a drained queue admits it)."""
+    await insert_generations(pool, 2)
+    slow = SlowPool(pool)
+    backlog = Backlog(3, max_age=0)
+    slow.go.set()
+    assert await backlog.full(slow) is False  # the first read is awaited: 2 waiting
+    slow.go.clear()
+    await insert_generations(pool, 1)
+    assert await asyncio.wait_for(backlog.full(slow), 1) is False  # stale 2 < 3: not waited for
+    assert slow.statements == 1  # the first read only: the one in the background is held
+    slow.go.set()
+    answers = [await backlog.full(slow)]
+    while not answers[-1] and len(answers) < 100:  # until the read in the background is in
+        await asyncio.sleep(0.01)
+        answers.append(await backlog.full(slow))
+    assert answers[-1] is True  # the new read: 3 waiting
+    await pool.execute("UPDATE jobs SET status = 'canceled' WHERE id IN (SELECT id FROM jobs LIMIT 1)")
+    slow.go.clear()
+    refusing = asyncio.ensure_future(backlog.full(slow))
+    await asyncio.sleep(0.05)
+    assert not refusing.done()  # the stale count (3) would refuse: it waits for the read
+    slow.go.set()
+    assert await refusing is False
+
+
 # Conditional GET and request ids
 
 

@@ -5,6 +5,10 @@ The pending count is read at most once a second per process (counted no further 
 limit, through the claim's index), so refusing work never costs a count(*) per request;
 requests that find it stale while it is being read share that one read. Between reads the
 server counts the jobs it admits itself, so one server never lets more than the limit wait.
+A request that finds the count stale waits for the new read only when the old one would
+refuse it (or there is none yet); otherwise it is admitted while the read goes on in the
+background: a read of a long queue takes milliseconds, and every POST of that moment waiting
+for it was the slowest percent of all POSTs.
 Several servers each see the others' jobs only at their next read: together they can
 overshoot by what the others admit in a second.
 """
@@ -42,9 +46,14 @@ class Backlog:
     async def full(self, pool: asyncpg.Pool) -> bool:
         """Whether the limit is reached (reading the count when it is stale)."""
         if time.monotonic() - self._read_at > self._max_age:
-            if self._reading is None:
-                self._reading = asyncio.ensure_future(self._read(pool))
-            await asyncio.shield(self._reading)
+            reading = self._reading
+            if reading is None:
+                reading = self._reading = asyncio.ensure_future(self._read(pool))
+                # Read in the background, its error (the database is down) is nobody's: the
+                # next request that needs the count reads it again.
+                reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+            if self._count >= self.limit or self._read_at == float("-inf"):
+                await asyncio.shield(reading)
         return self._count >= self.limit
 
     @asynccontextmanager
