@@ -794,20 +794,22 @@ def a_job(status: Status, **fields: Any) -> Generation:
             attempts=3,
             error="image 1: the model refused: «no» ✗",
             started_at=datetime.now().astimezone(),
-            finished_at=datetime.now().astimezone(),
+            finished_at=datetime.fromisoformat("2026-11-27T10:31:00+01:00"),
         ),
     ],
     ids=["pending", "processing-with-images", "failed-with-unicode-error"],
 )
 def test_job_json_is_the_documented_job_object(job: Generation) -> None:
     """The job JSON written without pydantic (the hot path) has exactly JobOut's fields and
-    validates against JobOut's schema, timestamps with their offset and the error's
-    characters intact; a list is an array of the same objects."""
+    validates against JobOut's schema, timestamps as isoformat() writes them (their offset,
+    whole seconds without a fraction) and the error's characters intact; a list is an array of the same objects."""
     written = json.loads(job_json(job, base_url="http://h"))
     schema = JobOut.model_json_schema(mode="serialization", by_alias=True)
     jsonschema.validate(written, schema, format_checker=jsonschema.FormatChecker())
     assert written.keys() == schema["properties"].keys()
     assert written["createdAt"] == "2026-11-27T10:30:00.125002+00:00"
+    for field, moment in (("startedAt", job.started_at), ("finishedAt", job.finished_at)):
+        assert written[field] == (None if moment is None else moment.isoformat())  # whole seconds too
     assert written["error"] == job.error
     extensions = {"image/png": "png", "image/jpeg": "jpg"}
     assert written["imageUrls"] == [

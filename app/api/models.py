@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -200,10 +201,6 @@ Signer = Callable[[str], str]
 """The query string (`?expires=…&sig=…`) that lets a browser GET an image path without a key."""
 
 
-_JOB_ENCODER = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-"""Made once: json.dumps with any option builds a new encoder per call."""
-
-
 def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) -> bytes:
     """The job as JobOut's JSON, written directly rather than through the model: this is the
     GET, POST and event-stream hot path, where building a JobOut (pydantic's model_construct)
@@ -217,26 +214,26 @@ def job_json(job: Generation, *, base_url: str, signer: Signer | None = None) ->
         image_urls = [f"{base_url}{path}" for path in paths]
     else:
         image_urls = [f"{base_url}{path}{signer(path)}" for path in paths]
-    return _JOB_ENCODER.encode(
+    return orjson.dumps(  # datetimes as isoformat() writes them, text as UTF-8
         {
             "jobId": str(job.id),
             "status": job.status.value,
             "numImages": job.num_images,
             "animal": job.animal,
             "imageUrls": image_urls,
-            "createdAt": job.created_at.isoformat(),
-            "updatedAt": job.updated_at.isoformat(),
+            "createdAt": job.created_at,
+            "updatedAt": job.updated_at,
             "error": job.error,
             "attempts": job.attempts,
-            "startedAt": None if job.started_at is None else job.started_at.isoformat(),
-            "finishedAt": None if job.finished_at is None else job.finished_at.isoformat(),
+            "startedAt": job.started_at,
+            "finishedAt": job.finished_at,
             "prompt": job.prompt,
             "provider": job.provider,
             "model": job.model,
             "webhook": job.webhook,
             "webhookEvents": job.webhook_events,
         }
-    ).encode()
+    )
 
 
 def jobs_json(jobs: Iterable[Generation], *, base_url: str, signer: Signer | None = None) -> bytes:
