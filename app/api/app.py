@@ -229,7 +229,7 @@ async def create_generation(request: Request) -> Response:
         job = replay
     else:
         if owner is not None and owner.max_pending is not None:
-            await check_pending(state.pool, owner)
+            await check_pending(state.pool, owner, owner.max_pending)
         job, replayed = await create(state, spec, key=key, fingerprint=fingerprint)
     if not replayed:
         log.info(
@@ -251,11 +251,10 @@ async def create_generation(request: Request) -> Response:
     return job_response(request, job, signer=await image_signer(request), status_code=202, headers=headers)
 
 
-async def check_pending(pool: asyncpg.Pool, key: keys.Key) -> None:
-    """A 429 when the key already has its --max-pending generations waiting."""
-    assert key.max_pending is not None
-    if await keys.pending_count(pool, key_id=key.id, cap=key.max_pending) >= key.max_pending:
-        raise problems.too_many_pending(key.max_pending)
+async def check_pending(pool: asyncpg.Pool, key: keys.Key, limit: int) -> None:
+    """A 429 when the key already has `limit` (its --max-pending) generations waiting."""
+    if await keys.pending_count(pool, key_id=key.id, cap=limit) >= limit:
+        raise problems.too_many_pending(limit)
 
 
 async def create(

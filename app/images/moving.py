@@ -80,8 +80,7 @@ async def move_to_s3(
     """Move every image kept in PostgreSQL to `bucket`, `batch_size` rows per statement with
     up to `concurrency` uploads at once, sleeping `pause` seconds between batches (to leave
     room for live traffic); return how many rows moved."""
-    left = await pool.fetchrow(queries.image_left_in, stores.POSTGRES)
-    assert left is not None  # an aggregate: always one row
+    [left] = await pool.fetch(queries.image_left_in, stores.POSTGRES)  # an aggregate: one row
     progress = None
     if progress_to is not None:
         progress = Progress(left["images"], left["bytes"], out=progress_to)
