@@ -131,10 +131,13 @@ def header(request: Request, name: bytes) -> str | None:
     return headers.header(request.scope, name)
 
 
-async def image_signer(request: Request) -> Signer | None:
-    """Signs the image URLs of this request's answer (AUTH=keys); None with AUTH=none."""
+async def image_signer(request: Request, job: Generation | None = None) -> Signer | None:
+    """Signs the image URLs of this request's answer (AUTH=keys); None with AUTH=none, or
+    for a `job` that has no images yet."""
     found: auth.Auth | None = request.state.auth
-    return None if found is None else await found.images.signer()
+    if found is None or (job is not None and not job.image_indexes):
+        return None
+    return await found.images.signer()
 
 
 def base_url(request: Request) -> str:
@@ -248,7 +251,9 @@ async def create_generation(request: Request) -> Response:
     if wait is not None:
         job = await streams.wait_until_terminal(state.pool, state.watch, job_id=job.id, timeout=wait) or job
         headers["Preference-Applied"] = f"wait={wait}"
-    return job_response(request, job, signer=await image_signer(request), status_code=202, headers=headers)
+    return job_response(
+        request, job, signer=await image_signer(request, job), status_code=202, headers=headers
+    )
 
 
 async def check_pending(pool: asyncpg.Pool, key: keys.Key, limit: int) -> None:
@@ -309,7 +314,7 @@ async def get_generation(request: Request) -> Response:
         headers["Preference-Applied"] = f"wait={wait}"
     if job is None:
         raise problems.no_such_job()
-    return job_response(request, job, signer=await image_signer(request), headers=headers)
+    return job_response(request, job, signer=await image_signer(request, job), headers=headers)
 
 
 @documented(docs.JOB_EVENTS)
@@ -520,7 +525,7 @@ async def cancel_generation(request: Request) -> Response:
         log.info("canceled job %s", job.id, extra={"action": "job_canceled", "job_id": str(job.id)})
     elif job.status in (Status.COMPLETED, Status.FAILED):
         raise problems.job_finished(job.status.value)
-    return job_response(request, job, signer=await image_signer(request))
+    return job_response(request, job, signer=await image_signer(request, job))
 
 
 @documented(docs.LIST_WEBHOOK_ATTEMPTS)

@@ -42,7 +42,8 @@ def with_added(scope: Scope, headers: list[Header]) -> list[Header]:
     if added is None:
         return headers
     always, unless_set = added
+    for pair in unless_set:
+        if not any(name == pair[0] for name, _ in headers):
+            headers.append(pair)
     headers.extend(always)
-    present = {name for name, _ in headers}
-    headers.extend(pair for pair in unless_set if pair[0] not in present)
     return headers
