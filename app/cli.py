@@ -53,13 +53,25 @@ def check_image_store(config: settings.Settings) -> None:
         settings.stop(found)
 
 
+def settle_heap() -> None:
+    """Take what the process has built so far (modules, the app, its OpenAPI document: some
+    hundred thousand objects that live as long as it does) out of the garbage collector's
+    sight. Otherwise each full collection walks all of them: under POST load a server ran
+    about three a second, each stopping every request for up to 39 ms, which made POST's p99
+    4.4x its p50; frozen, the same run had p99 1.6x p50 and 11 % more requests per second."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve_api(config: settings.Settings) -> int:
     import uvicorn
 
     from app.api import create_app
 
+    app = create_app(config)
+    settle_heap()
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="uvloop",
