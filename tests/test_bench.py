@@ -150,42 +150,31 @@ def test_the_providers_measure_stores_every_image_on_both_sides(admin_url: str) 
     """bench/providers.py runs a real worker process on the local renderer and one on the
     `openai` provider against the fake model server, each until every image of every job is
     stored (it exits non-zero otherwise), and prints images/s of both and their ratio."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "providers.py"),
-            "--jobs",
-            "4",
-            "--images",
-            "3",
-            "--size",
-            "64",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_bench(admin_url, "providers.py", "--jobs", "4", "--images", "3", "--size", "64")
     for side in ("local", "openai"):
         assert result[side]["images"] == 12 and result[side]["images_per_s"] > 0, result
     assert result["openai_over_local"] > 0
 
 
-def webhook_bench(admin_url: str, *args: str) -> dict[str, Any]:
-    """Run bench/webhooks.py with `args`; the figures it printed."""
+def run_bench(admin_url: str, script: str, *args: str, timeout: float = 300) -> Any:
+    """Run bench/`script` with `args` on databases made through `admin_url`; the JSON of the
+    last line it printed (its figures). Fails the test, with its stderr, when it fails."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "webhooks.py"), *args],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def webhook_bench(admin_url: str, *args: str) -> dict[str, Any]:
+    """Run bench/webhooks.py with `args`; the figures it printed."""
+    figures: dict[str, Any] = run_bench(admin_url, "webhooks.py", *args)
+    return figures
 
 
 def test_the_webhook_benchmark_delivers_every_change(admin_url):
@@ -211,16 +200,10 @@ def test_the_outbox_benchmark_times_both_sides(admin_url):
 
 def stores_bench(admin_url: str, measure: str) -> dict[str, Any]:
     """One quick measure of bench/stores.py: its JSON figures."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "stores.py"), "--quick", "--measure", measure],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "BENCH_DSN_ADMIN": admin_url},
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])[measure]
+    figures: dict[str, Any] = run_bench(admin_url, "stores.py", "--quick", "--measure", measure, timeout=600)[
+        measure
+    ]
+    return figures
 
 
 def test_the_stores_benchmark_stores_through_both_stores(admin_url):
